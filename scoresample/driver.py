@@ -2,7 +2,8 @@
 
 Randomness is derived per particle (``fold_in`` of the particle's key with the step index), so a
 particle's trajectory does not depend on how many particles run beside it or on which device: the
-property the multi-device tests rely on.
+property the multi-device tests rely on. With several devices the particle axis is sharded over
+them (:mod:`scoresample.parallel`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from scoresample.parallel import batch_sharding, constrain_batch, gather
 
 __all__ = ["scan_particles", "progress_callback"]
 
@@ -46,7 +49,7 @@ def scan_particles(rng_key, init_fn: Callable, step_fn: Callable, num_particles:
 
     Args:
         rng_key: one key; particle i uses ``fold_in(rng_key, i)``; its init key is
-            ``fold_in(that, -1 mod 2^32)`` and its step-j key ``fold_in(that, j)``.
+            ``fold_in(that, 2^31 - 1)`` and its step-j key ``fold_in(that, j)``.
         init_fn: ``init_fn(rng_key) -> state`` for one particle.
         step_fn: ``step_fn(rng_key, state) -> (state, info)`` for one particle.
         info_transform: optional map applied to the batched info of each step before stacking
@@ -55,13 +58,15 @@ def scan_particles(rng_key, init_fn: Callable, step_fn: Callable, num_particles:
     Returns:
         ``(final_states, infos)`` with infos stacked as (num_steps, num_particles, ...).
     """
-    particle_keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, i))(jnp.arange(num_particles))
-    init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(particle_keys)
     update, close = progress_callback(num_steps, label, progress_bar)
+    sharding = batch_sharding(num_particles)
 
     @jax.jit
-    def run(particle_keys, init_keys):
-        states = jax.vmap(init_fn)(init_keys)
+    def run(rng_key):
+        particle_keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, i))(jnp.arange(num_particles))
+        particle_keys = constrain_batch(particle_keys, sharding)
+        init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(particle_keys)
+        states = constrain_batch(jax.vmap(init_fn)(init_keys), sharding)
 
         def body(states, i):
             keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(particle_keys)
@@ -69,11 +74,11 @@ def scan_particles(rng_key, init_fn: Callable, step_fn: Callable, num_particles:
             update(i)
             if info_transform is not None:
                 infos = info_transform(infos)
-            return states, infos
+            return constrain_batch(states, sharding), infos
 
         return jax.lax.scan(body, states, jnp.arange(num_steps))
 
     try:
-        return run(particle_keys, init_keys)
+        return gather(run(rng_key))
     finally:
         close()

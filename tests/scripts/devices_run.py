@@ -1,0 +1,48 @@
+"""Run a small diffusion sample and print a digest; used by tests/test_devices.py in subprocesses.
+
+Usage: python devices_run.py OUT.npy [PROCESS_ID NUM_PROCESSES PORT]
+With the three extra arguments it joins a jax.distributed run on loopback first.
+"""
+
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+if len(sys.argv) > 2:
+    pid, nproc, port = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
+                               process_id=pid)
+
+import numpy as np  # noqa: E402
+
+from scoresample import targets  # noqa: E402
+from scoresample.driver import scan_particles  # noqa: E402
+from scoresample.processes import alpha, sigma2  # noqa: E402
+
+mix = targets.four_modes_2d()
+ts = np.linspace(2.0, 0.05, 21)
+
+
+def ei_scan(key):
+    import jax.numpy as jnp
+
+    grid = jnp.asarray(ts)
+
+    def step(k, state):
+        x, i = state
+        h = grid[i] - grid[i + 1]
+        x = jnp.exp(h) * x + 2 * jnp.expm1(h) * mix.score(x, grid[i]) + jnp.sqrt(jnp.expm1(2 * h)) * \
+            jax.random.normal(k, x.shape)
+        return (x, i + 1), jnp.sum(x**2)
+
+    return scan_particles(key, lambda k: (jax.random.normal(k, (2,)), 0), step, 64, len(ts) - 1)
+
+
+(states, _), stats = ei_scan(jax.random.key(7))
+print("shards", len(states.sharding.device_set) if hasattr(states, "sharding") else 1)
+out = np.asarray(states)
+if jax.process_index() == 0:
+    np.save(sys.argv[1], out)
+print("devices", len(jax.devices()), "processes", jax.process_count(), "digest", float(np.sum(out)))
