@@ -79,21 +79,29 @@ def _plan_fn(method: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _check_score_fn(name, fn, dim):
+def _output_shape(name, fn, dim):
+    """Trace ``fn(x, t)`` abstractly (nothing is compiled) and return its output shape."""
     check_callable(name, fn)
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)),
-                         jax.ShapeDtypeStruct((), jnp.result_type(float)))
-    if getattr(out, "shape", None) != (dim,):
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)),
+                             jax.ShapeDtypeStruct((), jnp.result_type(float)))
+    except Exception as err:
+        raise ValueError(f"{name}(x, t) failed for x of shape ({dim},) (is dim={dim} right?): "
+                         f"{type(err).__name__}: {err}") from err
+    return getattr(out, "shape", type(out).__name__)
+
+
+def _check_score_fn(name, fn, dim):
+    shape = _output_shape(name, fn, dim)
+    if shape != (dim,):
         raise ValueError(f"{name}(x, t) must return an array of shape ({dim},) for x of shape "
-                         f"({dim},), got {getattr(out, 'shape', type(out).__name__)}")
+                         f"({dim},), got {shape}")
 
 
 def _check_energy_fn(fn, dim):
-    check_callable("energy_fn", fn)
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)),
-                         jax.ShapeDtypeStruct((), jnp.result_type(float)))
-    if getattr(out, "shape", None) != ():
-        raise ValueError(f"energy_fn(x, t) must return a scalar, got shape {getattr(out, 'shape', None)}")
+    shape = _output_shape("energy_fn", fn, dim)
+    if shape != ():
+        raise ValueError(f"energy_fn(x, t) must return a scalar, got shape {shape}")
 
 
 def build_plan(method: str, score_fn, *, dim: int, energy_fn=None, **options) -> DiffusionPlan:

@@ -1,0 +1,115 @@
+"""Shared helpers of the diffusion benchmarks: exact-reference metrics and markdown output.
+
+Every diffusion benchmark (baselines, RTK, FORS, Picard) scores its samples the same way:
+
+    from common import evaluate, exact_floor, markdown_table, write_report   # scripts in benchmarks/
+
+- :func:`evaluate` compares ``samples`` with a fresh exact sample of the same size from ``mixture``
+  (drawn with ``rng_key``) and returns a dict of floats:
+  ``energy_distance`` (V-statistic, :func:`scoresample.metrics.energy_distance`),
+  ``sliced_w2`` (sliced 2-Wasserstein, 128 directions), ``mode_weight_error`` (total variation of the
+  component frequencies) and ``num_nonfinite`` (rows dropped before scoring).
+- :func:`exact_floor` is :func:`evaluate` applied to exact samples: what a perfect sampler scores at
+  this sample size (the V-statistic energy distance of two exact samples of size n has mean
+  2 E|X - X'| / n, not 0). Always print it beside the samplers' numbers.
+- :func:`summarize` turns per-seed dicts into "mean ± sd" cells; :func:`markdown_table` and
+  :func:`write_report` write docs/benchmarks/NAME.md with the command that produced it.
+
+This interface is stable: add keys to the dicts, do not rename them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+
+import jax
+import numpy as np
+
+from scoresample import metrics
+
+__all__ = ["METRICS", "evaluate", "exact_floor", "summarize", "markdown_table", "write_report",
+           "command_line"]
+
+# The keys of evaluate()'s dict, in display order, with a short label.
+METRICS = {
+    "energy_distance": "energy distance",
+    "sliced_w2": "sliced W2",
+    "mode_weight_error": "mode-weight error",
+}
+
+
+def evaluate(samples, mixture, rng_key, *, num_projections: int = 128) -> dict:
+    """Score ``samples`` (n, d) against n fresh exact draws of ``mixture``.
+
+    Args:
+        samples: the sampler's output; non-finite rows are dropped and counted.
+        mixture: a :class:`scoresample.targets.GaussianMixture` (exact ``sample`` and ``assign``).
+        rng_key: key for the exact reference sample and the sliced-Wasserstein directions.
+
+    Returns:
+        dict with ``energy_distance``, ``sliced_w2``, ``mode_weight_error`` (floats) and
+        ``num_nonfinite`` (int).
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    finite = np.all(np.isfinite(samples), axis=1)
+    kept = samples[finite]
+    key_ref, key_sw = jax.random.split(rng_key)
+    reference = np.asarray(mixture.sample(key_ref, max(1, samples.shape[0])))
+    if kept.shape[0] < 2:
+        nan = float("nan")
+        return dict(energy_distance=nan, sliced_w2=nan, mode_weight_error=nan,
+                    num_nonfinite=int((~finite).sum()))
+    return dict(
+        energy_distance=metrics.energy_distance(kept, reference),
+        sliced_w2=metrics.sliced_wasserstein(key_sw, kept, reference, num_projections),
+        mode_weight_error=metrics.mode_weight_error(kept, mixture),
+        num_nonfinite=int((~finite).sum()),
+    )
+
+
+def exact_floor(mixture, num_samples: int, rng_key) -> dict:
+    """:func:`evaluate` of ``num_samples`` exact draws: the score of a perfect sampler."""
+    key_draw, key_eval = jax.random.split(rng_key)
+    return evaluate(mixture.sample(key_draw, num_samples), mixture, key_eval)
+
+
+def summarize(per_seed: list[dict], key: str, fmt: str = "{:.4f}") -> str:
+    """'mean ± sd' over seeds of ``key`` (just the value for one seed)."""
+    vals = np.array([d[key] for d in per_seed], dtype=np.float64)
+    if vals.size == 1:
+        return fmt.format(vals[0])
+    return f"{fmt.format(vals.mean())} ± {fmt.format(vals.std(ddof=1))}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table; cells are converted with str()."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |",
+             "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def command_line() -> str:
+    """The command that is running, relative to the repository root when possible."""
+    argv = list(sys.argv)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if argv and os.path.isabs(argv[0]) and argv[0].startswith(root):
+        argv[0] = os.path.relpath(argv[0], root)
+    return "python " + " ".join(shlex.quote(a) for a in argv)
+
+
+def write_report(path: str, title: str, body: str, *, command: str | None = None,
+                 wall_time: float | None = None) -> None:
+    """Write ``body`` under a header that records the command, date, machine and wall time."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    header = [f"# {title}", "",
+              f"Produced by `{command or command_line()}` on {datetime.date.today().isoformat()} "
+              f"({platform.machine()}, {os.cpu_count()} CPU cores, JAX {jax.__version__}, "
+              f"{jax.default_backend()} backend"
+              + (f", {wall_time / 60:.1f} min wall" if wall_time is not None else "") + ").", ""]
+    with open(path, "w") as fh:
+        fh.write("\n".join(header) + "\n" + body.rstrip() + "\n")
