@@ -1,0 +1,216 @@
+"""RTK-MALA and RTK-ULD against DDPM and DPM-Solver++ on exact-score mixtures (the RTK paper's protocol).
+
+For ``targets.four_modes_2d()`` and ``targets.subspace_mixture(16)`` with exact scores, at each budget
+of score evaluations per sample (nfe in 50, 100, 200, 500, 1000) the rows are:
+
+- ``ddpm``: DDPM with the Li-Yan coefficients (nfe steps, output at t_1 of its schedule).
+- ``dpm-solver++``: DPM-Solver++(2M) on a log-SNR grid with nfe - 1 steps and a final Tweedie step
+  (so its output is denoised like RTK's, at the same budget).
+- ``rtk-uld``: RTK with the exact frozen-gradient ULD inner solver.
+- ``rtk-mala-exact``: RTK-MALA with energy differences from the exact ``mixture.energy``
+  (the energy evaluations are reported apart; an energy network gives both in one pass).
+- ``rtk-mala-quad``: RTK-MALA from scores only, energy differences by a 1-node Gauss-Legendre line
+  integral of the score (each inner step costs 2 evaluations, all counted in nfe).
+
+RTK runs its defaults for a budget (``diffusion.sample(..., nfe=N)``): 3 inner steps per segment,
+segments as many as the budget allows, the eta-rule grid, free Tweedie denoising at t_min = 1e-3.
+Samples are scored by ``common.evaluate`` against exact draws (energy distance, sliced W2,
+mode-weight error) beside the exact-versus-exact floor. Seeds: one run of seeds x n particles is split
+into ``--seeds`` groups of n, each scored against its own exact reference sample.
+
+    python benchmarks/rtk.py                                  # the full table
+    python benchmarks/rtk.py --nfe 100,1000 --seeds 2 --out /tmp/quick.md
+
+writes docs/benchmarks/rtk.md (an analysis written between the notes markers of that file is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+from common import METRICS, evaluate, exact_floor, markdown_table, summarize, write_report  # noqa: E402
+
+from scoresample import diffusion, targets  # noqa: E402
+
+ALL_METHODS = ["ddpm", "dpm-solver++", "rtk-uld", "rtk-mala-exact", "rtk-mala-quad"]
+TARGETS = {"four-modes-2d": targets.four_modes_2d,
+           "subspace-16d": lambda: targets.subspace_mixture(16)}
+
+
+def run_method(rng_key, method: str, mixture, nfe: int, num_samples: int):
+    common = dict(dim=mixture.dim, num_samples=num_samples)
+    if method == "ddpm":
+        return diffusion.sample(rng_key, "ddpm", mixture.score, nfe=nfe, **common)
+    if method == "dpm-solver++":
+        return diffusion.sample(rng_key, "dpm-solver++", mixture.score, nfe=nfe - 1, denoise=True,
+                                **common)
+    if method == "rtk-uld":
+        return diffusion.sample(rng_key, "rtk-uld", mixture.score, nfe=nfe, **common)
+    if method == "rtk-mala-exact":
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, energy_fn=mixture.energy,
+                                nfe=nfe, **common)
+    if method == "rtk-mala-quad":
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe, energy="quadrature",
+                                quadrature="gauss-legendre", num_nodes=1, **common)
+    raise ValueError(f"unknown method {method!r}")
+
+
+NOTES_BEGIN, NOTES_END = "<!-- notes: kept when the script rewrites this file -->", "<!-- /notes -->"
+
+
+def _read_notes(path: str) -> str:
+    """The hand-written analysis between the notes markers of an existing report, kept verbatim."""
+    if not os.path.exists(path):
+        return ""
+    text = open(path).read()
+    if NOTES_BEGIN not in text or NOTES_END not in text:
+        return ""
+    inner = text.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0]
+    return NOTES_BEGIN + inner + NOTES_END + "\n\n"
+
+
+def _mean(per_seed, key):
+    return float(np.mean([d[key] for d in per_seed]))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-samples", type=int, default=2000, help="samples per seed")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--nfe", default="50,100,200,500,1000")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--focus-samples", type=int, default=10000,
+                        help="samples per seed of the RTK@100 vs DDPM@1000 comparison (0: use the "
+                             "main table's)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
+                                                      "benchmarks", "rtk.md"))
+    args = parser.parse_args(argv)
+    budgets = [int(b) for b in args.nfe.split(",")]
+    methods = args.methods.split(",")
+    target_names = args.targets.split(",")
+    n, seeds = args.num_samples, args.seeds
+    start = time.perf_counter()
+    sections, verdicts = [], []
+    for t_index, name in enumerate(target_names):
+        mixture = TARGETS[name]()
+        base_key = jax.random.fold_in(jax.random.key(20240602), t_index)
+        floor = [exact_floor(mixture, n, jax.random.fold_in(jax.random.fold_in(base_key, 10**6), s))
+                 for s in range(seeds)]
+        results = {}
+        for m_index, method in enumerate(methods):
+            for nfe in budgets:
+                key = jax.random.fold_in(jax.random.fold_in(base_key, m_index), nfe)
+                tic = time.perf_counter()
+                res = run_method(key, method, mixture, nfe, n * seeds)
+                samples = np.asarray(res.samples)
+                wall = time.perf_counter() - tic
+                per_seed = [evaluate(samples[s * n:(s + 1) * n], mixture,
+                                     jax.random.fold_in(jax.random.fold_in(key, 7), s))
+                            for s in range(seeds)]
+                info = res.info
+                extra = dict(
+                    energy=float(np.sum(np.asarray(info.num_energy_evals), axis=0).mean())
+                    if hasattr(info, "num_energy_evals") else 0.0,
+                    acceptance=float(np.mean(np.asarray(info.acceptance_rate)))
+                    if hasattr(info, "acceptance_rate") else float("nan"),
+                    segments=res.settings.get("num_segments"),
+                    inner=res.settings.get("num_inner_steps"))
+                results[method, nfe] = (per_seed, res.nfe, wall, int(np.sum(res.is_divergent)),
+                                        extra)
+                print(f"{name:14s} {method:15s} nfe={nfe:5d} measured={res.nfe:7.1f} "
+                      f"ED={_mean(per_seed, 'energy_distance'):.5f} "
+                      f"MWE={_mean(per_seed, 'mode_weight_error'):.4f} "
+                      f"K={extra['segments']} S={extra['inner']} acc={extra['acceptance']:.3f} "
+                      f"div={results[method, nfe][3]} ({wall:.1f}s)", flush=True)
+        body = [f"## {name} (dim {mixture.dim}, {mixture.num_components} modes)", ""]
+        for key_name, label in METRICS.items():
+            fmt = "{:.5f}" if key_name == "energy_distance" else "{:.4f}"
+            header = ["method \\ nfe"] + [str(b) for b in budgets]
+            rows = [[method] + [summarize(results[method, b][0], key_name, fmt) for b in budgets]
+                    for method in methods]
+            rows.append(["exact vs exact"] + [summarize(floor, key_name, fmt)] * len(budgets))
+            body += [f"### {label}", "", markdown_table(header, rows)]
+        header = ["method", "nfe budget", "measured nfe", "energy evals", "segments K",
+                  "inner steps S", "mean acceptance", "divergent", "wall s"]
+        rows = []
+        for method in methods:
+            for b in budgets:
+                _, measured, wall, div, extra = results[method, b]
+                rows.append([method, b, f"{measured:.1f}", f"{extra['energy']:.1f}",
+                             extra["segments"] if extra["segments"] is not None else "-",
+                             extra["inner"] if extra["inner"] is not None else "-",
+                             "-" if np.isnan(extra["acceptance"]) else f"{extra['acceptance']:.3f}",
+                             div, f"{wall:.1f}"])
+        body += ["### cost and diagnostics", "", markdown_table(header, rows)]
+        sections.append("\n".join(body))
+        focus = {}
+        if args.focus_samples:
+            nf = args.focus_samples
+            focus_floor = [exact_floor(mixture, nf, jax.random.fold_in(
+                jax.random.fold_in(base_key, 2 * 10**6), s)) for s in range(seeds)]
+            runs = [("ddpm", 1000)] + [(m, 100) for m in methods if m.startswith("rtk")]
+            for f_index, (method, nfe) in enumerate(runs):
+                key = jax.random.fold_in(jax.random.fold_in(base_key, 3 * 10**6 + f_index), nfe)
+                res = run_method(key, method, mixture, nfe, nf * seeds)
+                samples = np.asarray(res.samples)
+                focus[method, nfe] = [evaluate(samples[s * nf:(s + 1) * nf], mixture,
+                                               jax.random.fold_in(jax.random.fold_in(key, 7), s))
+                                      for s in range(seeds)]
+                print(f"{name:14s} focus {method:15s} nfe={nfe:5d} "
+                      f"ED={_mean(focus[method, nfe], 'energy_distance'):.5f} "
+                      f"MWE={_mean(focus[method, nfe], 'mode_weight_error'):.4f}", flush=True)
+            verdicts.append([name, f"exact vs exact (n = {nf})"]
+                            + [summarize(focus_floor, k, "{:.5f}")
+                               for k in ("energy_distance", "mode_weight_error")])
+        elif "ddpm" in methods and 1000 in budgets and 100 in budgets:
+            focus = {key: results[key][0] for key in results}
+        if focus:
+            for method in [m for m in methods if m.startswith("rtk")]:
+                cells = []
+                for key_name in ("energy_distance", "mode_weight_error"):
+                    rtk_vals = [d[key_name] for d in focus[method, 100]]
+                    ddpm_vals = [d[key_name] for d in focus["ddpm", 1000]]
+                    diff = np.mean(rtk_vals) - np.mean(ddpm_vals)
+                    se = np.sqrt(np.var(rtk_vals, ddof=1) / seeds + np.var(ddpm_vals, ddof=1) / seeds
+                                 ) if seeds > 1 else float("nan")
+                    cells.append(f"{np.mean(rtk_vals):.5f} vs {np.mean(ddpm_vals):.5f} "
+                                 f"(diff {diff:+.5f} ± {se:.5f})")
+                verdicts.append([name, method] + cells)
+    wall = time.perf_counter() - start
+    intro = (f"Each cell: mean ± sd over {seeds} groups of {n} samples, each scored against its own "
+             f"{n} exact draws by `benchmarks/common.py:evaluate` (energy distance: V-statistic; "
+             "sliced W2: 128 random directions; mode-weight error: total variation between the "
+             "component frequencies and the weights). The row 'exact vs exact' scores exact draws "
+             "the same way: nothing can do better at this sample size. nfe = score evaluations per "
+             "sample, all counted (RTK-MALA-exact also makes the 'energy evals' of the cost table). "
+             "t_min = 1e-3, t_max = `processes.default_t_max(dim)` for dpm-solver++ and RTK; the "
+             "Li-Yan schedule for ddpm.\n")
+    verdict = ""
+    if verdicts:
+        nf = args.focus_samples or n
+        verdict = ("## RTK at 100 evaluations against DDPM at 1000\n\n"
+                   f"A separate run with {seeds} groups of {nf} samples (more than the tables below, "
+                   "to resolve differences near the floor). Mean over seeds, difference RTK - DDPM ± "
+                   "its standard error (negative: RTK is better); the exact-vs-exact row is the floor "
+                   "(mean ± sd).\n\n" + markdown_table(
+                       ["target", "RTK row", "energy distance (RTK@100 vs DDPM@1000)",
+                        "mode-weight error (RTK@100 vs DDPM@1000)"], verdicts))
+    notes = _read_notes(args.out)
+    write_report(args.out, "RTK samplers on exact-score mixtures",
+                 intro + "\n" + notes + verdict + "\n" + "\n".join(sections), wall_time=wall)
+    print(f"wrote {args.out} in {wall / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

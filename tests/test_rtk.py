@@ -1,0 +1,449 @@
+"""RTK: the exact subproblem on Gaussian data, the proximal sampler on log-densities, the diffusion plans."""
+
+import math
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import scoresample
+from scoresample import diffusion, targets
+from scoresample.kernels import rtk as rtk_module
+from scoresample.kernels.inner import uld_coefficients
+from scoresample.kernels.rtk import (
+    rtk,
+    rtk_grid,
+    rtk_mala_plan,
+    rtk_uld_plan,
+    rtk_warmup,
+    subproblem_moments_gaussian,
+)
+
+Z_MAX = 4.5
+
+DATA_MEAN = np.array([1.0, -0.5])
+DATA_COV = np.array([[0.5, 0.2], [0.2, 0.3]])
+
+
+def _z_scores(samples, mean, cov):
+    n = samples.shape[0]
+    mean_z = (samples.mean(0) - mean) / np.sqrt(np.diag(cov) / n)
+    se = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+    return mean_z, (np.cov(samples.T) - cov) / se
+
+
+def _one_segment(plan, x, num, seed):
+    state = plan.algorithm.init(jnp.asarray(x))
+    keys = jax.random.split(jax.random.key(seed), num)
+    new, info = jax.jit(jax.vmap(plan.algorithm.step, in_axes=(0, None)))(keys, state)
+    return np.asarray(new.position), info
+
+
+# ----- the exact RTK subproblem ------------------------------------------------------------------
+
+
+SEGMENTS = [(0.6, 0.2), (0.012, 0.006)]  # a mid-range segment and a stiff one near t = 0
+
+
+@pytest.mark.parametrize("t,eta,energy", [SEGMENTS[0] + ("exact",), SEGMENTS[1] + ("exact",),
+                                          SEGMENTS[1] + ("gauss-legendre",),
+                                          SEGMENTS[0] + ("trapezoid",)])
+def test_rtk_mala_solves_the_gaussian_subproblem(t, eta, energy):
+    gauss = targets.Gaussian(DATA_MEAN, DATA_COV)
+    x = np.array([0.3, 0.9])
+    kwargs = dict(energy_fn=gauss.energy) if energy == "exact" else dict(
+        energy="quadrature", quadrature=energy, num_nodes=2)
+    plan = rtk_mala_plan(gauss.score, dim=2, num_segments=1, num_inner_steps=60, t_min=t - eta,
+                         t_max=t, grid="uniform", denoise=False, **kwargs)
+    samples, info = _one_segment(plan, x, 2000, 0)
+    mean, cov = subproblem_moments_gaussian(DATA_MEAN, DATA_COV, x, t, eta)
+    mz, cz = _z_scores(samples, mean, cov)
+    assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
+    assert 0.5 < float(jnp.mean(info.acceptance_rate)) < 1.0
+    evals_per_step = {"exact": 1, "gauss-legendre": 3, "trapezoid": 1}[energy]
+    np.testing.assert_array_equal(info.num_grad_evals, 1 + 1 + 60 * evals_per_step)
+    np.testing.assert_array_equal(info.num_energy_evals, 61 if energy == "exact" else 0)
+
+
+def _uld_subproblem_stationary(precision, tau, gamma):
+    d = precision.shape[0]
+    e, m, c_zg, s_zz, s_zv, s_vv = (float(v) for v in uld_coefficients(tau, gamma))
+    eye = np.eye(d)
+    a = np.block([[eye - c_zg * precision, (m / gamma) * eye], [-(m / gamma) * precision, e * eye]])
+    q = np.block([[s_zz * eye, s_zv * eye], [s_zv * eye, s_vv * eye]])
+    return scipy.linalg.solve_discrete_lyapunov(a, q)[:d, :d]
+
+
+@pytest.mark.parametrize("t,eta", SEGMENTS)
+def test_rtk_uld_solves_the_gaussian_subproblem_within_its_bias(t, eta):
+    gauss = targets.Gaussian(DATA_MEAN, DATA_COV)
+    x = np.array([0.3, 0.9])
+    plan = rtk_uld_plan(gauss.score, dim=2, num_segments=1, num_inner_steps=60, t_min=t - eta,
+                        t_max=t, grid="uniform", denoise=False)
+    samples, info = _one_segment(plan, x, 2000, 1)
+    mean, cov = subproblem_moments_gaussian(DATA_MEAN, DATA_COV, x, t, eta)
+    tau = plan.settings["inner_step_sizes"][0]
+    gamma = plan.settings["frictions"][0]
+    stationary = _uld_subproblem_stationary(np.linalg.inv(cov), tau, gamma)
+    # the frozen-gradient chain's mean is exact; its covariance is its own stationary one ...
+    mz, cz = _z_scores(samples, mean, stationary)
+    assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
+    # ... which is within the documented bias of the subproblem's (RTK_ULD_COV_BIAS, relative)
+    scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    assert np.max(np.abs(stationary - cov) / scale) < rtk_module.RTK_ULD_COV_BIAS
+    np.testing.assert_array_equal(info.num_grad_evals, 1 + 1 + 60)
+
+
+def test_subproblem_moments_match_a_direct_product():
+    # brute force on a fine grid in 1-D: p_{t'}(z) N(z; e^eta x, rho)
+    t, eta, x = 0.5, 0.3, 0.7
+    mean, cov = subproblem_moments_gaussian(np.array([0.4]), np.array([[0.2]]), np.array([x]),
+                                            t, eta)
+    gauss = targets.Gaussian(np.array([0.4]), np.array([[0.2]]))
+    z = np.linspace(-6, 8, 200001)
+    rho = math.expm1(2 * eta)
+    logp = np.asarray(jax.vmap(lambda v: gauss.logdensity_t(v[None], t - eta))(jnp.asarray(z)))
+    logp = logp - (z - math.exp(eta) * x) ** 2 / (2 * rho)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    m = np.sum(w * z)
+    np.testing.assert_allclose([m, np.sum(w * (z - m) ** 2)], [mean[0], cov[0, 0]], rtol=1e-7)
+
+
+# ----- grids, budgets, counting ----------------------------------------------------------------
+
+
+def test_eta_rule_grid_makes_every_subproblem_well_conditioned():
+    ts = rtk_grid(1e-3, 5.0)
+    assert ts[0] == 5.0 and ts[-1] == 1e-3 and np.all(np.diff(ts) < 0)
+    eta = ts[:-1] - ts[1:]
+    s2_next = -np.expm1(-2 * ts[1:])
+    # e^{2 eta} - 1 = s_{t'}^2 / 2 on every segment but the (shorter) last one
+    np.testing.assert_allclose(np.expm1(2 * eta[:-1]), s2_next[:-1] / 2, rtol=1e-12)
+    assert np.expm1(2 * eta[-1]) <= s2_next[-1] / 2 * (1 + 1e-12)
+    stretched = rtk_grid(1e-3, 5.0, 20)
+    assert stretched.shape == (21,) and np.all(np.diff(stretched) < 0)
+    assert stretched[0] == 5.0 and stretched[-1] == 1e-3
+
+
+@pytest.mark.parametrize("method,kwargs,per_step", [
+    ("rtk-mala", dict(use_energy=True), 1),
+    ("rtk-mala", dict(quadrature="gauss-legendre", num_nodes=2), 3),
+    ("rtk-uld", dict(), 1),
+])
+def test_every_score_evaluation_is_counted(method, kwargs, per_step):
+    mix = targets.four_modes_2d()
+    calls = {"score": 0, "energy": 0}
+
+    def score_fn(x, t):
+        jax.debug.callback(lambda _: calls.__setitem__("score", calls["score"] + 1), x)
+        return mix.score(x, t)
+
+    def energy_fn(x, t):
+        jax.debug.callback(lambda _: calls.__setitem__("energy", calls["energy"] + 1), x)
+        return mix.energy(x, t)
+
+    kwargs = dict(kwargs)
+    use_energy = kwargs.pop("use_energy", False)
+    res = diffusion.sample(jax.random.key(0), method, score_fn, dim=2, num_samples=3, nfe=60,
+                           energy_fn=energy_fn if use_energy else None, **kwargs)
+    # (a callback fires once per executed, per-particle evaluation; tracing fires none)
+    k, s = res.settings["num_segments"], res.settings["num_inner_steps"]
+    assert res.nfe == 1 + k * (1 + s * per_step) == res.settings["expected_nfe"] <= 60
+    assert calls["score"] == 3 * res.nfe
+    assert calls["energy"] == (3 * k * (1 + s) if use_energy else 0)
+    assert int(jnp.sum(res.info.num_energy_evals)) == calls["energy"]
+    assert res.rounds == 1 + k * (1 + s)
+
+
+def test_budget_is_spread_over_segments():
+    score = targets.four_modes_2d().score
+    plan = rtk_mala_plan(score, dim=2, nfe=100, num_segments=20)  # 1 + 20 (1 + S * 2) <= 100
+    assert plan.settings["num_inner_steps"] == 1 and plan.num_steps == 20
+    plan = rtk_uld_plan(score, dim=2, nfe=100, num_inner_steps=4)
+    assert plan.num_steps == 19
+    plan = rtk_mala_plan(score, dim=2, energy_fn=targets.four_modes_2d().energy, nfe=1000)
+    assert plan.settings["expected_nfe"] <= 1000
+    assert plan.settings["expected_nfe"] > 1000 - (1 + 3 * plan.settings["num_inner_steps"])
+
+
+# ----- statistics on a mixture ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,kwargs", [("rtk-mala", dict(use_energy=True)),
+                                           ("rtk-mala", dict()), ("rtk-uld", dict())])
+def test_rtk_samples_a_bimodal_mixture(method, kwargs):
+    mix = targets.two_modes_1d()
+    kwargs = dict(kwargs)
+    if kwargs.pop("use_energy", False):
+        kwargs["energy_fn"] = mix.energy
+    num = 3000
+    res = diffusion.sample(jax.random.key(2), method, mix.score, dim=1, num_samples=num, nfe=100,
+                           **kwargs)
+    x = np.asarray(res.samples)[:, 0]
+    assert not bool(jnp.any(res.is_divergent))
+    left = np.mean(x < 0)
+    assert abs(left - 0.3) < Z_MAX * math.sqrt(0.21 / num)
+    mean, var = 0.8, 0.25 + 4.0 - 0.64
+    assert abs(x.mean() - mean) < Z_MAX * math.sqrt(var / num)
+    # sd of the sample variance of a bimodal law: sqrt((m4 - var^2) / n)
+    m4 = np.mean((np.asarray(mix.sample(jax.random.key(9), 200000))[:, 0] - mean) ** 4)
+    assert abs(x.var() - var) < Z_MAX * math.sqrt((m4 - var**2) / num)
+
+
+# ----- the proximal sampler on log-densities ---------------------------------------------------------
+
+
+def _correlated_gaussian(dim, seed):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    sds = np.geomspace(0.3, 1.5, dim)
+    cov = (q * sds**2) @ q.T
+    mean = rng.standard_normal(dim)
+    return mean, cov
+
+
+def _gaussian_logdensity(mean, cov):
+    precision = jnp.asarray(np.linalg.inv(cov))
+    mean = jnp.asarray(mean)
+    return lambda x: -0.5 * (x - mean) @ precision @ (x - mean)
+
+
+def _run_chains(algo, starts, num_steps, seed):
+    def one(key, x0):
+        state = algo.init(x0)
+
+        def body(state, k):
+            state, info = algo.step(k, state)
+            return state, info.acceptance_rate
+
+        state, acc = jax.lax.scan(body, state, jax.random.split(key, num_steps))
+        return state.position, jnp.mean(acc)
+
+    keys = jax.random.split(jax.random.key(seed), starts.shape[0])
+    return jax.jit(jax.vmap(one))(keys, starts)
+
+
+@pytest.mark.parametrize("dim,num_steps", [(2, 100), pytest.param(50, 200, marks=pytest.mark.slow)])
+def test_rtk_mala_matches_correlated_gaussian(dim, num_steps):
+    mean, cov = _correlated_gaussian(dim, dim)
+    logdensity_fn = _gaussian_logdensity(mean, cov)
+    warm = rtk_warmup(jax.random.key(0), logdensity_fn, jnp.zeros(dim), 300)
+    h = float(warm.parameters["step_size"])
+    assert 0.01 < h < 10
+    algo = rtk(logdensity_fn, **warm.parameters)
+    num = 1000
+    starts = jnp.asarray(mean)[None, :] + 3.0 * jnp.ones((num, dim))  # far from the mode
+    final, acc = _run_chains(algo, starts, num_steps, 1)
+    final = np.asarray(final)
+    assert 0.5 < float(jnp.mean(acc)) < 0.95
+    sds = np.sqrt(np.diag(cov))
+    z_mean = (final.mean(0) - mean) / (sds / math.sqrt(num))
+    z_sd = (final.std(0, ddof=1) - sds) / (sds / math.sqrt(2 * num))
+    assert np.max(np.abs(z_mean)) < Z_MAX and np.max(np.abs(z_sd)) < Z_MAX
+
+
+def test_rtk_mala_keeps_the_target_exactly_invariant():
+    # started from exact draws with deliberately poor parameters: still exact at every step
+    mean, cov = _correlated_gaussian(2, 5)
+    logdensity_fn = _gaussian_logdensity(mean, cov)
+    num = 4000
+    starts = jnp.asarray(np.random.default_rng(0).multivariate_normal(mean, cov, num))
+    algo = rtk(logdensity_fn, 3.0, num_inner_steps=1, inner_step_size=2.0)
+    final, acc = _run_chains(algo, starts, 3, 2)
+    assert float(jnp.mean(acc)) < 0.6
+    mz, cz = _z_scores(np.asarray(final), mean, cov)
+    assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
+
+
+def _proximal_uld_stationary_cov(cov, h, tau, gamma, num_inner_steps):
+    """The exact stationary covariance of the proximal chain with the ULD inner on N(mean, cov)."""
+    d = cov.shape[0]
+    precision = np.linalg.inv(cov)
+    e, m, c_zg, s_zz, s_zv, s_vv = (float(v) for v in uld_coefficients(tau, gamma))
+    eye, zero = np.eye(d), np.zeros((d, d))
+    hess = precision + eye / h
+    # one ULD step on (z, v, y), centred at the mean: grad U = hess z - y / h
+    step = np.block([[eye - c_zg * hess, (m / gamma) * eye, (c_zg / h) * eye],
+                     [-(m / gamma) * hess, e * eye, (m / (gamma * h)) * eye],
+                     [zero, zero, eye]])
+    noise = np.zeros((3 * d, 3 * d))
+    noise[:2 * d, :2 * d] = np.block([[s_zz * eye, s_zv * eye], [s_zv * eye, s_vv * eye]])
+    sigma = cov.copy()
+    for _ in range(5000):
+        # (z, v, y) = (x, v ~ N(0, I), x + sqrt(h) xi)
+        joint = np.block([[sigma, zero, sigma], [zero, eye, zero], [sigma, zero, sigma + h * eye]])
+        for _ in range(num_inner_steps):
+            joint = step @ joint @ step.T + noise
+        new = joint[:d, :d]
+        if np.max(np.abs(new - sigma)) < 1e-15:
+            break
+        sigma = new
+    return sigma
+
+
+def test_rtk_uld_inner_has_the_documented_bias():
+    mean, cov = _correlated_gaussian(2, 2)
+    logdensity_fn = _gaussian_logdensity(mean, cov)
+    evals, evecs = np.linalg.eigh(cov)
+    h = float(evals[0])  # h lambda_max = 1
+    algo = rtk(logdensity_fn, h, inner="uld", num_inner_steps=3)
+    num = 4000
+    starts = jnp.asarray(np.random.default_rng(1).multivariate_normal(mean, cov, num))
+    final, acc = _run_chains(algo, starts, 150, 3)
+    assert float(jnp.min(acc)) == 1.0
+    stationary = _proximal_uld_stationary_cov(cov, h, 0.25 * math.sqrt(h), 2 / math.sqrt(h), 3)
+    mz, cz = _z_scores(np.asarray(final), mean, stationary)
+    assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
+    # per eigendirection, the sd error is within the documented bound (and not zero)
+    sd_error = np.abs(np.sqrt(np.diag(evecs.T @ stationary @ evecs) / evals) - 1)
+    assert np.all(sd_error > 1e-3) and np.max(sd_error) < rtk_module.RTK_ULD_SD_BIAS
+
+
+# ----- the BlackJAX interface ----------------------------------------------------------------------
+
+
+def test_rtk_is_the_public_object_and_follows_blackjax():
+    assert scoresample.rtk is rtk
+    logdensity_fn = _gaussian_logdensity(np.zeros(3), np.eye(3))
+    for inner in ("mala", "uld"):
+        algo = rtk(logdensity_fn, 0.5, inner=inner, num_inner_steps=2)
+        # jit and vmap over chains
+        states = jax.vmap(algo.init)(jnp.ones((4, 3)))
+        new, info = jax.jit(jax.vmap(algo.step))(jax.random.split(jax.random.key(1), 4), states)
+        assert new.position.shape == (4, 3) and info.acceptance_rate.shape == (4,)
+        np.testing.assert_array_equal(info.num_grad_evals, 2)
+        for field in ("acceptance_rate", "is_accepted", "num_grad_evals", "is_divergent"):
+            assert hasattr(info, field)
+        # blackjax's driver
+        final, (states, infos) = blackjax.util.run_inference_algorithm(
+            jax.random.key(2), algo, 10, initial_position=jnp.ones(3),
+            transform=lambda s, i: (s.position, i))
+        assert states.shape == (10, 3) and infos.num_grad_evals.shape == (10,)
+    # the raw kernel, with pytree positions
+    tree_logdensity = lambda p: -0.5 * (jnp.sum(p["a"] ** 2) + p["b"] ** 2)
+    kernel = rtk.build_kernel("mala", 3)
+    state = rtk.init({"a": jnp.ones(2), "b": jnp.array(0.5)}, tree_logdensity)
+    new, info = jax.jit(kernel, static_argnums=2)(jax.random.key(3), state, tree_logdensity, 0.3)
+    assert new.position["a"].shape == (2,) and new.logdensity_grad["b"].shape == ()
+    np.testing.assert_allclose(new.logdensity, tree_logdensity(new.position))
+
+
+def test_rtk_contains_non_finite_log_densities():
+    # log-density -inf outside the unit ball: proposals there are refused and flagged
+    logdensity_fn = lambda x: jnp.where(jnp.sum(x**2) < 1.0, -0.5 * jnp.sum(x**2), -jnp.inf)
+    algo = rtk(logdensity_fn, 2.0, num_inner_steps=5, inner_step_size=2.0)
+    state = algo.init(jnp.zeros(2))
+    step = jax.jit(algo.step)
+    divergent = False
+    for i in range(10):
+        state, info = step(jax.random.key(i), state)
+        assert bool(jnp.all(jnp.isfinite(state.position)))
+        divergent |= bool(info.is_divergent)
+    assert divergent
+
+
+def test_diffusion_kernel_jits_and_vmaps():
+    mix = targets.four_modes_2d()
+    plan = rtk_mala_plan(mix.score, dim=2, nfe=25)
+    states = jax.vmap(plan.algorithm.init)(jnp.zeros((5, 2)))
+    step = jax.jit(jax.vmap(plan.algorithm.step))
+    for i in range(plan.num_steps):
+        states, info = step(jax.random.split(jax.random.key(i), 5), states)
+    assert states.position.shape == (5, 2) and int(states.step[0]) == plan.num_steps
+    assert info.num_rounds.shape == (5,)
+
+
+# ----- bad inputs raise before anything is compiled --------------------------------------------------
+
+
+def _untraceable(*args):
+    raise AssertionError("called before the inputs were checked")
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(step_size=-1.0), ValueError, "step_size"),
+    (dict(step_size=float("nan")), ValueError, "step_size"),
+    (dict(step_size="big"), TypeError, "step_size"),
+    (dict(step_size=0.1, inner="hmc"), ValueError, "inner"),
+    (dict(step_size=0.1, num_inner_steps=0), ValueError, "num_inner_steps"),
+    (dict(step_size=0.1, num_inner_steps=2.0), TypeError, "num_inner_steps"),
+    (dict(step_size=0.1, inner_step_size=0.0), ValueError, "inner_step_size"),
+    (dict(step_size=0.1, friction=1.0), ValueError, "friction"),
+])
+def test_rtk_rejects_bad_inputs(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rtk(_untraceable, **kwargs)
+
+
+def test_rtk_rejects_bad_callables_and_warmup_inputs():
+    with pytest.raises(TypeError, match="logdensity_fn"):
+        rtk(3.0, 0.1)
+    with pytest.raises(ValueError, match="target_acceptance"):
+        rtk_warmup(jax.random.key(0), _untraceable, jnp.zeros(2), 10, target_acceptance=1.5)
+    with pytest.raises(ValueError, match="num_steps"):
+        rtk_warmup(jax.random.key(0), _untraceable, jnp.zeros(2), 0)
+    with pytest.raises(TypeError, match="rng_key"):
+        rtk_warmup(7, _untraceable, jnp.zeros(2), 10)
+
+
+@pytest.mark.parametrize("plan_fn,kwargs,error,match", [
+    (rtk_mala_plan, dict(nfe=10, num_segments=20), ValueError, "nfe"),
+    (rtk_mala_plan, dict(nfe=100, num_segments=20, num_inner_steps=10), ValueError, "nfe"),
+    (rtk_mala_plan, dict(nfe=2), ValueError, "nfe"),
+    (rtk_mala_plan, dict(energy="exact"), ValueError, "energy_fn"),
+    (rtk_mala_plan, dict(energy="simpson"), ValueError, "energy"),
+    (rtk_mala_plan, dict(quadrature="simpson"), ValueError, "quadrature"),
+    (rtk_mala_plan, dict(num_nodes=0), ValueError, "num_nodes"),
+    (rtk_mala_plan, dict(grid="cubic"), ValueError, "grid"),
+    (rtk_mala_plan, dict(grid="sqrt"), ValueError, "num_segments"),
+    (rtk_mala_plan, dict(t_min=1.0, t_max=0.5), ValueError, "t_min"),
+    (rtk_mala_plan, dict(t_min=-1.0), ValueError, "t_min"),
+    (rtk_mala_plan, dict(inner_step_scale=0.0), ValueError, "inner_step_scale"),
+    (rtk_mala_plan, dict(denoise="yes"), TypeError, "denoise"),
+    (rtk_uld_plan, dict(friction=-1.0), ValueError, "friction"),
+    (rtk_uld_plan, dict(num_segments=2.5), TypeError, "num_segments"),
+    (rtk_uld_plan, dict(nfe=50, unknown=1), TypeError, "unknown"),
+])
+def test_diffusion_plans_reject_bad_options(plan_fn, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        plan_fn(_untraceable, dim=2, **kwargs)
+
+
+# ----- a real posterior: eight schools (non-centred) from posteriordb ----------------------------
+
+
+@pytest.mark.slow
+def test_rtk_mala_passes_eight_schools_noncentered():
+    from scoresample import posteriordb
+
+    try:
+        post = posteriordb.load("eight_schools_noncentered")
+    except FileNotFoundError:  # pragma: no cover - the data folder is not shipped with the package
+        pytest.skip("no posteriordb folder")
+    logdensity_fn = post.logdensity_fn
+    num_chains, num_warmup, num_draws = 4, 500, 2000
+    keys = jax.random.split(jax.random.key(8), num_chains)
+
+    def chain(key):
+        key_warm, key_run = jax.random.split(key)
+        warm = rtk_warmup(key_warm, logdensity_fn, post.initial_position(), num_warmup)
+        params = warm.parameters
+        kernel = rtk.build_kernel(params["inner"], params["num_inner_steps"])
+
+        def body(state, k):
+            state, info = kernel(k, state, logdensity_fn, params["step_size"],
+                                 params["inner_step_size"])
+            return state, (post.to_reference_order(state.position), info.is_divergent)
+
+        _, (draws, divergent) = jax.lax.scan(body, warm.state, jax.random.split(key_run, num_draws))
+        return draws, divergent, params["step_size"]
+
+    draws, divergent, step_sizes = jax.jit(jax.vmap(chain))(keys)
+    assert not bool(jnp.any(divergent))
+    result = posteriordb.pass_rule(np.asarray(draws), post.reference_draws,
+                                   param_names=post.param_names)
+    assert result.passed, result.to_markdown()
