@@ -127,6 +127,10 @@ def _label(method, preconditioner):
     return method if preconditioner == "diagonal" else f"{method} (dense)"
 
 
+def _pct(value: float) -> str:
+    return ">1000%" if not value <= 10 else f"{value:.0%}"
+
+
 def _why(r: dict) -> str:
     """A short reason for a failed row, from what was measured."""
     if "error" in r:
@@ -141,7 +145,7 @@ def _why(r: dict) -> str:
     if r.get("clip_rate", 0) > 0.01:
         reasons.append(f"clip rate {r['clip_rate']:.1%} (bias)")
     if r["max_sd_error"] > 0.1:
-        reasons.append(f"sd off by {r['max_sd_error']:.0%} ({r['worst_sd_param']})")
+        reasons.append(f"sd off by {_pct(r['max_sd_error'])} ({r['worst_sd_param']})")
     if r["max_abs_z"] > 4:
         reasons.append(f"mean |z| = {r['max_abs_z']:.1f} ({r['worst_z_param']})")
     return "; ".join(reasons) or "?"
@@ -160,6 +164,9 @@ def render(results: dict, args):
     columns.sort(key=lambda c: order.index(c) if c in order else 99)
     table = {(r["posterior"], _label(r["method"], r["preconditioner"])): r for r in rows}
     commands = sorted({r["command"] for r in rows})
+    if getattr(args, "merge", ""):
+        commands.append("python benchmarks/posteriordb_methods.py --render-only --merge "
+                        + args.merge + "   # merges the result files into these tables")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     settings = sorted({(r["num_chains"], r["num_warmup"], r["num_draws"]) for r in rows})
 
@@ -199,7 +206,7 @@ def render(results: dict, args):
             elif not r.get("finite", True):
                 cells.append("**FAIL** (runaway)")
             else:
-                cells.append(f"**FAIL** (\\|z\\| {r['max_abs_z']:.1f}, sd {r['max_sd_error']:.0%}, "
+                cells.append(f"**FAIL** (\\|z\\| {r['max_abs_z']:.1f}, sd {_pct(r['max_sd_error'])}, "
                              f"ESS {r['min_ess_bulk']:.0f})")
         lines.append(f"| {p} | {dim} | " + " | ".join(cells) + " |")
     lines.append("| **passed** | | " + " | ".join(f"**{count[c]}/{ran[c]}**" for c in columns) + " |")

@@ -83,9 +83,9 @@ __all__ = [
 
 INNER_SOLVERS = ("mala", "uld")
 
-# The bias of the ULD inner solver at the diffusion defaults (tau sqrt(L) = 0.5, gamma / sqrt(L) = 2):
+# The bias of the ULD inner solver at the diffusion defaults (tau sqrt(L) = 1, gamma / sqrt(L) = 4):
 # on a Gaussian subproblem whose precision is at most L, the stationary covariance of the
-# frozen-gradient chain exceeds the exact one by at most 14% (relative, per eigendirection; worst
+# frozen-gradient chain exceeds the exact one by at most 13.8% (relative, per eigendirection; worst
 # at the stiffest direction, computed from the chain's discrete Lyapunov equation).
 RTK_ULD_COV_BIAS = 0.15
 
@@ -429,9 +429,19 @@ def _quadrature_energy_diff(score_fn, t_next, center, rho, rule):
     return energy_diff_fn
 
 
+MIN_SEGMENTS = 24
+
+
 def _resolve_segments(nfe, num_segments, num_inner_steps, evals_per_inner_step,
                       default_inner_steps):
-    """K and S from the budget 1 + K (1 + S c) <= nfe (the paper's equal split over segments)."""
+    """K and S from the budget 1 + K (1 + S c) <= nfe (the paper's equal split over segments).
+
+    With ``nfe`` alone, segments come first: S = clip(floor(((nfe - 1) / 24 - 1) / c), 1,
+    ``default_inner_steps``), then K = floor((nfe - 1) / (1 + S c)); so a small budget keeps at least
+    24 segments with fewer inner steps and a large one adds segments. (Measured on the benchmark
+    mixtures at nfe = 50: K = 24, S = 1 beat K = 12, S = 3; at nfe = 100 K = 24, S = 3 was best or
+    tied; see docs/benchmarks/rtk.md.)
+    """
     if nfe is None:
         return num_segments, (default_inner_steps if num_inner_steps is None else num_inner_steps)
     c = evals_per_inner_step
@@ -449,7 +459,11 @@ def _resolve_segments(nfe, num_segments, num_inner_steps, evals_per_inner_step,
                              f"(each segment costs 1 + S * {c} evaluations); raise nfe or lower "
                              "num_segments")
         return num_segments, inner_steps
-    inner_steps = default_inner_steps if num_inner_steps is None else num_inner_steps
+    if num_inner_steps is None:
+        inner_steps = ((nfe - 1) // MIN_SEGMENTS - 1) // c
+        inner_steps = int(min(max(inner_steps, 1), default_inner_steps))
+    else:
+        inner_steps = num_inner_steps
     segments = (nfe - 1) // (1 + inner_steps * c)
     if segments < 1:
         raise ValueError(f"nfe={nfe} is too small for num_inner_steps={inner_steps} "
@@ -556,7 +570,8 @@ def rtk_mala_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
         nfe: score-evaluation budget; spread equally over segments as in the paper,
             1 + K (1 + S c) <= nfe with c = 1 (exact energy) or 1 + (quadrature nodes).
             Give at most two of ``nfe``, ``num_segments``, ``num_inner_steps``; with ``nfe`` alone
-            S = 3 and K follows.
+            segments come first (at least 24 when the budget allows, S between 1 and 3, then more
+            segments; :func:`_resolve_segments`).
         num_segments: K; without it (and without nfe) the eta rule of :func:`rtk_grid` sets K.
         num_inner_steps: S (default 3).
         t_min, t_max: the time interval (default t_max = ``default_t_max(dim)``).
@@ -624,15 +639,17 @@ def rtk_mala_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
 def rtk_uld_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
                  num_segments: int | None = None, num_inner_steps: int | None = None,
                  t_min: float = 1e-3, t_max: float | None = None, grid: str | None = None,
-                 inner_step_scale: float = 0.5, friction: float = 2.0,
+                 inner_step_scale: float = 1.0, friction: float = 4.0,
                  denoise: bool = True) -> DiffusionPlan:
     """RTK-ULD on a score: K segments, each S exact frozen-gradient ULD steps on the RTK target.
 
     Per segment: z_0 the DDPM one-step proposal (as in :func:`rtk_mala_plan`), v_0 ~ N(0, I), then S
     steps of :func:`scoresample.kernels.inner.uld_step` on g with tau_k = scale / sqrt(L_k) and
-    friction gamma_k = friction * sqrt(L_k) (so gamma tau = scale * friction on every segment).
-    Unadjusted (no energy needed): the bias per segment is O(tau), largest on the stiff last
-    segments, where L_k is largest and tau_k therefore smallest. Cost 1 + K (1 + S).
+    friction gamma_k = friction * sqrt(L_k), L_k = 1/s_{t'}^2 + 1/rho_k, so gamma tau =
+    scale * friction on every segment. The defaults (scale 1, friction 4: gamma tau = 4, close to
+    the overdamped regime) measured best among (0.5, 2), (0.7, 2), (0.5, 4), (1, 4) on both benchmark
+    mixtures at nfe = 100. Unadjusted (no energy needed): at the defaults, a Gaussian subproblem's
+    stationary covariance is overestimated by at most :data:`RTK_ULD_COV_BIAS`. Cost 1 + K (1 + S).
     ``energy_fn`` is accepted and ignored. Other options as in :func:`rtk_mala_plan`.
     """
     del energy_fn
