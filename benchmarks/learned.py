@@ -16,9 +16,10 @@ untrained network starts from.
 
 samplers: for two moons and checkerboard, an eps network and an energy network are trained on 50,000
 points; each sampler of ``diffusion.METHODS`` named in the issue (ddpm, dpm-solver++, rtk-uld,
-rtk-mala with the energy network, fors, picard-sde) draws 2,000 samples at budgets of 50, 100 and
-500 score evaluations per sample, scored by the energy distance to 2,000 held-out points, beside
-the distance between two independent data sets of that size (the floor). Networks are saved under
+rtk-mala with the energy network, fors, picard-sde) draws 3 x 1,000 samples at budgets of 50, 100
+and 500 score evaluations per sample; each group of 1,000 is scored by the energy distance to 1,000
+held-out points (mean ± sd over the 3 groups), beside the distance of fresh data sets of that size
+to the same held-out points (the floor). Networks are saved under
 outputs/learned/ (gitignored) and reused by later runs unless --retrain.
 
 digits: the small conv net (:class:`scoresample.nn.ConvNet`, 16 channels) is trained on 1,597 digits;
@@ -170,7 +171,8 @@ def _available(method):
 
 def part_samplers(args):
     out = dict(command=command_line(), steps=args.steps, num_samples=args.num_samples,
-               budgets=list(BUDGETS), fors_deltas={str(k): v for k, v in FORS_DELTAS.items()},
+               seeds=args.seeds, budgets=list(BUDGETS),
+               fors_deltas={str(k): v for k, v in FORS_DELTAS.items()},
                datasets={})
     methods = [m for m in SAMPLERS if _available(m)]
     missing = [m for m in SAMPLERS if m not in methods]
@@ -197,9 +199,12 @@ def part_samplers(args):
                 if method == "fors":
                     opts["second_moment"] = m2
                 wall = time.perf_counter()
+                total = args.seeds * args.num_samples
                 try:
+                    # particles are independent (each has its own key), so one run of
+                    # seeds x n particles split into groups of n gives the seed-to-seed spread
                     res = diffusion.sample(jax.random.key(budget), method.split(" ")[0],
-                                           net.score_fn, dim=2, num_samples=args.num_samples,
+                                           net.score_fn, dim=2, num_samples=total,
                                            energy_fn=net.energy_fn if param == "energy" else None,
                                            **opts)
                 except Exception as err:  # a sampler still being written: record and go on
@@ -209,15 +214,21 @@ def part_samplers(args):
                 wall = time.perf_counter() - wall
                 samples = np.asarray(res.samples, dtype=np.float64)
                 ok = ~np.asarray(res.is_divergent) & np.all(np.isfinite(samples), axis=1)
-                ed = metrics.energy_distance(samples[ok], held_out) if ok.sum() > 1 else float("nan")
+                eds = []
+                for g in range(args.seeds):
+                    part = slice(g * args.num_samples, (g + 1) * args.num_samples)
+                    kept = samples[part][ok[part]]
+                    eds.append(metrics.energy_distance(kept, held_out) if kept.shape[0] > 1
+                               else float("nan"))
                 rows.setdefault(method, {})[str(budget)] = dict(
-                    energy_distance=ed, nfe=res.nfe, rounds=res.rounds, wall=wall,
+                    energy_distance=eds, nfe=res.nfe, rounds=res.rounds, wall=wall,
                     divergent=int((~ok).sum()))
-                print(f"{dataset:12s} {method:18s} budget {budget:4d}: energy distance {ed:.4f}  "
-                      f"nfe {res.nfe:7.1f}  rounds {res.rounds:5d}  {wall:6.1f} s wall  "
-                      f"{int((~ok).sum())} divergent")
+                print(f"{dataset:12s} {method:18s} budget {budget:4d}: energy distance "
+                      f"{np.mean(eds):.4f} ± {np.std(eds, ddof=1):.4f}  nfe {res.nfe:7.1f}  "
+                      f"rounds {res.rounds:5d}  {wall:6.1f} s wall  {int((~ok).sum())} divergent")
                 if budget == 100:
-                    pictures[dataset][f"{method} ({res.nfe:.0f} evals)"] = samples[ok]
+                    first = samples[:args.num_samples][ok[:args.num_samples]]
+                    pictures[dataset][f"{method} ({res.nfe:.0f} evals)"] = first
         out["datasets"][dataset] = dict(floor=floor, rows=rows, train_cpu=cpu,
                                         command=command_line())
         _scatter_grid(os.path.join(IMG, f"learned_{dataset}.png"), pictures[dataset])
@@ -324,17 +335,22 @@ def write_markdown(results):
                   f"{sm['steps']} steps of batch 512 on 50,000 points (eps network for every "
                   "sampler except RTK-MALA, which uses the energy network for its Metropolis "
                   "correction; the row 'ddpm (energy net)' separates the network from the "
-                  f"sampler). Each cell: energy distance of {sm['num_samples']} samples to "
-                  f"{sm['num_samples']} held-out points (V-statistic, lower is better), then the "
+                  "sampler). Each cell: energy distance (V-statistic, lower is better) of "
+                  f"{sm['num_samples']} samples to {sm['num_samples']} held-out points, "
+                  + (f"mean ± sd over {sm['seeds']} independent groups of samples, "
+                     if sm.get("seeds", 1) > 1 else "") + "then the "
                   "measured score evaluations per sample and, for Picard, the sequential rounds. "
                   "Budget columns are the `nfe` option; FORS has none, so its columns are "
-                  f"delta = {', '.join(str(v) for v in sm['fors_deltas'].values())} (constant "
+                  f"delta = {', '.join(str(sm['fors_deltas'][str(b)]) for b in sm['budgets'])} "
+                  "(constant "
                   "0.1); Picard-SDE's columns are the steps of the sequential sampler it "
                   "parallelises (5 blocks, tol 1e-3), so it spends more evaluations in fewer "
                   "rounds.", ""]
         if sm.get("missing"):
             lines += [f"Not available when this ran: {', '.join(sm['missing'])}.", ""]
-        for dataset, res in sm["datasets"].items():
+        names = sorted(sm["datasets"], key=lambda n: (datasets.NAMES.index(n), n))
+        for dataset in names:
+            res = sm["datasets"][dataset]
             floor = res["floor"]
             if isinstance(floor, dict):
                 floor_text = (f"**{floor['mean']:.4f} ± {floor['sd']:.4f}** (mean ± sd over "
@@ -346,7 +362,9 @@ def write_markdown(results):
                       f"Command: `{res.get('command', sm['command'])}`. Floor: {floor_text}.", ""]
             header = ["method"] + [f"budget {b}" for b in sm["budgets"]]
             rows = []
-            for method, cells in res["rows"].items():
+            order = [m for m in SAMPLERS if m in res["rows"]]
+            for method in order:
+                cells = res["rows"][method]
                 row = [method]
                 for b in sm["budgets"]:
                     c = cells.get(str(b))
@@ -355,7 +373,9 @@ def write_markdown(results):
                         continue
                     extra = f", {c['rounds']} rounds" if method.startswith("picard") else ""
                     div = f", {c['divergent']} divergent" if c["divergent"] else ""
-                    row.append(f"{c['energy_distance']:.4f} ({c['nfe']:.0f} evals{extra}{div})")
+                    ed = np.atleast_1d(c["energy_distance"])
+                    cell = f"{ed.mean():.4f}" + (f" ± {ed.std(ddof=1):.4f}" if ed.size > 1 else "")
+                    row.append(f"{cell} ({c['nfe']:.0f} evals{extra}{div})")
                 rows.append(row)
             lines += [markdown_table(header, rows),
                       f"![{dataset}: samples at budget 100](../img/learned_{dataset}.png)", ""]
@@ -401,7 +421,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=["two-moons", "checkerboard"])
     parser.add_argument("--digit-steps", type=int, default=4000)
     parser.add_argument("--retrain", action="store_true")

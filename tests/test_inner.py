@@ -11,7 +11,6 @@ import scipy.linalg
 
 from scoresample import targets
 from scoresample.kernels.inner import (
-    InnerState,
     ULDState,
     init_inner,
     mala_chain,

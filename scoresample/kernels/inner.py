@@ -15,6 +15,11 @@ is whatever the caller wants carried with the point (e.g. the score at z, reused
 - :func:`score_line_integral`: U(z') - U(z) = -int_0^1 <score(z + u (z' - z)), z' - z> du by a
   quadrature rule (:func:`quadrature_rule`: Gauss-Legendre, Gauss-Lobatto, trapezoid).
 
+Example (a Gaussian potential, 10 MALA steps):
+    >>> potential_fn = lambda z: (0.5 * z @ z, z, ())
+    >>> state = init_inner(jnp.ones(2), potential_fn)
+    >>> state, info = mala_chain(jax.random.key(0), state, potential_fn, 0.3, 10)
+
 Papers: Huang, Zou, Dong, Zhang, Ma, Zhang, "Reverse Transition Kernel: A Flexible Framework to
 Accelerate Diffusion Inference", NeurIPS 2024 (arXiv 2405.16387), section 4 (MALA and ULD inner
 samplers); the ULD step is the frozen-gradient integrator of Cheng, Chatterji, Bartlett, Jordan,

@@ -26,6 +26,14 @@ Metropolis-within-Gibbs on (x, y) and keeps pi exactly invariant for every S >= 
 Reference: Huang, Zou, Dong, Zhang, Ma, Zhang, "Reverse Transition Kernel: A Flexible Framework to
 Accelerate Diffusion Inference", NeurIPS 2024 (arXiv 2405.16387); the proximal sampler of Lee, Shen,
 Tian (2021) and Chen, Chewi, Salim, Wibisono (2022).
+
+Example:
+    >>> from scoresample import diffusion, targets
+    >>> mix = targets.four_modes_2d()
+    >>> res = diffusion.sample(jax.random.key(0), "rtk-mala", mix.score, dim=2, num_samples=1000,
+    ...                        nfe=100, energy_fn=mix.energy)   # or no energy_fn: quadrature
+    >>> warm = rtk_warmup(jax.random.key(1), logdensity_fn, jnp.zeros(2), 500)
+    >>> algo = scoresample.rtk(logdensity_fn, **warm.parameters)   # a blackjax SamplingAlgorithm
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ __all__ = [
     "rtk_grid",
     "subproblem_moments_gaussian",
     "INNER_SOLVERS",
+    "RTK_ULD_COV_BIAS",
+    "RTK_ULD_SD_BIAS",
 ]
 
 INNER_SOLVERS = ("mala", "uld")
@@ -281,7 +291,7 @@ def rtk_warmup(rng_key, logdensity_fn: Callable, position, num_steps: int = 500,
     h is tuned so that the mean inner MALA acceptance averages ``target_acceptance``. For small h the
     inner target is nearly N(y, h I) and the acceptance is high; it falls once h L is of order one,
     which is the h the proximal sampler wants. With ``inner="uld"`` the warmup runs the MALA inner
-    (ULD has no acceptance to tune on) and returns h with the ULD defaults tau = sqrt(h)/2 and
+    (ULD has no acceptance to tune on) and returns h with the ULD defaults tau = sqrt(h)/4 and
     friction 2/sqrt(h).
 
     Returns:
