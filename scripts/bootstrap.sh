@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 find_python() {
-  for cand in "${PYTHON:-}" python3.13 python3.12 \
-      "$HOME"/.pyenv/versions/3.13*/bin/python3 "$HOME"/.pyenv/versions/3.12*/bin/python3 \
-      /root/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3 \
-      /usr/local/bin/python3.12 /usr/bin/python3.12 python3; do
+  # 3.12 first: the version the test suite is checked on
+  for cand in "${PYTHON:-}" "$HOME"/.pyenv/versions/3.12*/bin/python3 /root/.pyenv/versions/3.12*/bin/python3 \
+      /usr/local/bin/python3.12 /usr/bin/python3.12 python3.12 \
+      "$HOME"/.pyenv/versions/3.13*/bin/python3 /root/.pyenv/versions/3.13*/bin/python3 python3.13 python3; do
     [ -n "$cand" ] || continue
     if command -v "$cand" >/dev/null 2>&1 && \
        "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then
