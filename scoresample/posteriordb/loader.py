@@ -219,8 +219,8 @@ def load(name: str, root=None) -> Posterior:
         A :class:`Posterior`; its reference draws are read on first access.
 
     Raises:
-        FileNotFoundError: no posteriordb folder at ``root``. ValueError: unknown or ambiguous name, or
-        a model without a log-density here.
+        FileNotFoundError: no posteriordb folder at ``root``.
+        ValueError: unknown or ambiguous name, or a model without a log-density here.
     """
     root = find_root(root)
     name = _resolve(name, root)
