@@ -247,15 +247,17 @@ def _scatter_grid(path, panels):
     n = len(panels)
     ncol = min(4, n)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.0 * ncol, 2.1 * nrow))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.2 * ncol, 1.6 * nrow))
     axes = np.ravel(axes)
     for ax in axes:
         ax.axis("off")
+    ref = next(iter(panels.values()))  # the data: fixes the axes of every panel
+    lo, hi = ref.min(axis=0) - 0.5, ref.max(axis=0) + 0.5
     for ax, (name, pts) in zip(axes, panels.items()):
         ax.scatter(pts[:, 0], pts[:, 1], s=0.5, alpha=0.4, rasterized=True)
         ax.set_title(name, fontsize=7)
-        ax.set_xlim(-4.5, 4.5)
-        ax.set_ylim(-4.5, 4.5)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -301,12 +303,20 @@ def part_digits(args):
 
 # ----- the page -----------------------------------------------------------------------------------------
 
+def _describe(config):
+    bb = config["backbone"]
+    extra = (f"{bb['channels']} channels, GroupNorm with {bb['groups']} groups"
+             if bb["type"] == "ConvNet" else f"width {bb['hidden']}, {bb['depth']} blocks")
+    return (f"{bb['type']} ({extra}, {bb['time_embedding']} embedding of the log-SNR with "
+            f"{bb['time_features']} features), {config['parameterization']} output")
+
+
 def write_markdown(results):
     lines = ["# Learned scores: network accuracy and the samplers on trained networks", "",
              "Produced by `benchmarks/learned.py` (each section names the command that produced "
              "it) on a shared 2-core CPU machine with JAX " + jax.__version__ + ". Training runs in "
-             "float32; CPU seconds are process CPU time (wall time was several times longer "
-             "because about seven jobs shared the two cores).", ""]
+             "float32; CPU seconds are process CPU time (wall time depends on how many other jobs "
+             "shared the two cores, up to about seven).", ""]
     se = results.get("score_error")
     if se:
         t = np.asarray(se["times"])
@@ -346,6 +356,13 @@ def write_markdown(results):
                   "0.1); Picard-SDE's columns are the steps of the sequential sampler it "
                   "parallelises (5 blocks, tol 1e-3), so it spends more evaluations in fewer "
                   "rounds.", ""]
+        lines += ["How to read it: with this many samples the energy distance of exact data to the "
+                  "held-out set (the floor) is not 0, and its spread is of the same order as the "
+                  "differences between cells; a cell within about two sds of the floor is as good as "
+                  "exact data at this resolution. The table therefore shows that each sampler runs "
+                  "on a trained network and how many evaluations it spent, more than a ranking; "
+                  "the accuracy-versus-cost comparisons on exact scores are in the other benchmark "
+                  "pages.", ""]
         if sm.get("missing"):
             lines += [f"Not available when this ran: {', '.join(sm['missing'])}.", ""]
         names = sorted(sm["datasets"], key=lambda n: (datasets.NAMES.index(n), n))
@@ -382,7 +399,7 @@ def write_markdown(results):
     dg = results.get("digits")
     if dg:
         lines += ["## 8x8 digits with the conv net", "",
-                  f"Command: `{dg['command']}`. Network: {dg['config']['backbone']}; "
+                  f"Command: `{dg['command']}`. Network: {_describe(dg['config'])}; "
                   f"{dg['steps']} steps of batch {dg['batch_size']} on 1,597 images "
                   f"({dg['train_cpu']:.0f} s CPU). 256 samples per method, with a final Tweedie "
                   "denoising step. Copy check: the distance from each sample to its nearest "

@@ -11,14 +11,18 @@ of score evaluations per sample (nfe in 50, 100, 200, 500, 1000) the rows are:
   (the energy evaluations are reported apart; an energy network gives both in one pass).
 - ``rtk-mala-quad``: RTK-MALA from scores only, energy differences by a 1-node Gauss-Legendre line
   integral of the score (each inner step costs 2 evaluations, all counted in nfe).
+- ``rtk-mala-trap``: the same with the trapezoid rule on the two gradients a MALA step already has
+  (no extra evaluation; exact for Gaussian data, an O(|z' - z|^3) error otherwise).
 
-RTK runs its defaults for a budget (``diffusion.sample(..., nfe=N)``): 3 inner steps per segment,
-segments as many as the budget allows, the eta-rule grid, free Tweedie denoising at t_min = 1e-3.
+RTK runs its defaults for a budget (``diffusion.sample(..., nfe=N)``): at least 24 segments when the
+budget allows, 1 to 3 inner steps each, then more segments; a log-SNR grid; free Tweedie denoising
+at t_min = 1e-3 (the last segment already evaluated the score there).
 Samples are scored by ``common.evaluate`` against exact draws (energy distance, sliced W2,
 mode-weight error) beside the exact-versus-exact floor. Seeds: one run of seeds x n particles is split
 into ``--seeds`` groups of n, each scored against its own exact reference sample.
 
-    python benchmarks/rtk.py                                  # the full table
+    python benchmarks/rtk.py --ablation                       # the full report
+    python benchmarks/rtk.py                                  # without the design ablations
     python benchmarks/rtk.py --nfe 100,1000 --seeds 2 --out /tmp/quick.md
 
 writes docs/benchmarks/rtk.md (an analysis written between the notes markers of that file is kept).
@@ -42,7 +46,8 @@ from common import METRICS, evaluate, exact_floor, markdown_table, summarize, wr
 
 from scoresample import diffusion, targets  # noqa: E402
 
-ALL_METHODS = ["ddpm", "dpm-solver++", "rtk-uld", "rtk-mala-exact", "rtk-mala-quad"]
+ALL_METHODS = ["ddpm", "dpm-solver++", "rtk-uld", "rtk-mala-exact", "rtk-mala-quad",
+               "rtk-mala-trap"]
 TARGETS = {"four-modes-2d": targets.four_modes_2d,
            "subspace-16d": lambda: targets.subspace_mixture(16)}
 
@@ -62,6 +67,9 @@ def run_method(rng_key, method: str, mixture, nfe: int, num_samples: int):
     if method == "rtk-mala-quad":
         return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe, energy="quadrature",
                                 quadrature="gauss-legendre", num_nodes=1, **common)
+    if method == "rtk-mala-trap":
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe, energy="quadrature",
+                                quadrature="trapezoid", **common)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -79,6 +87,42 @@ def _read_notes(path: str) -> str:
     return NOTES_BEGIN + inner + NOTES_END + "\n\n"
 
 
+# Design ablations (run with --ablation): name -> (nfe, method, options); exact energy for MALA rows.
+ABLATIONS = {
+    "MALA, K=24, S=3, log-SNR grid (default at 100)": (100, "rtk-mala", {}),
+    "MALA, K=49, S=1": (100, "rtk-mala", dict(num_inner_steps=1)),
+    "MALA, K=24, S=3, eta-rule grid stretched": (100, "rtk-mala", dict(num_segments=24,
+                                                                       grid="eta-rule")),
+    "MALA, K=5 equal segments, S=18 (the paper's setting)": (
+        100, "rtk-mala", dict(num_segments=5, grid="uniform")),
+    "MALA, nfe 50: K=24, S=1 (default at 50)": (50, "rtk-mala", {}),
+    "MALA, nfe 50: K=12, S=3": (50, "rtk-mala", dict(num_inner_steps=3)),
+    "ULD, tau sqrt(L)=1, gamma/sqrt(L)=4 (default)": (100, "rtk-uld", {}),
+    "ULD, tau sqrt(L)=0.5, gamma/sqrt(L)=2": (100, "rtk-uld", dict(inner_step_scale=0.5,
+                                                                  friction=2.0)),
+}
+
+
+def run_ablations(mixture, base_key, n, seeds):
+    rows = []
+    for a_index, (label, (nfe, method, options)) in enumerate(ABLATIONS.items()):
+        key = jax.random.fold_in(jax.random.fold_in(base_key, 4 * 10**6 + a_index), nfe)
+        extra = dict(energy_fn=mixture.energy) if method == "rtk-mala" else {}
+        res = diffusion.sample(key, method, mixture.score, dim=mixture.dim, num_samples=n * seeds,
+                               nfe=nfe, **extra, **options)
+        samples = np.asarray(res.samples)
+        per_seed = [evaluate(samples[s * n:(s + 1) * n], mixture,
+                             jax.random.fold_in(jax.random.fold_in(key, 7), s)) for s in range(seeds)]
+        acc = float(np.mean(np.asarray(res.info.acceptance_rate)))
+        rows.append([label, f"{res.nfe:.0f}", res.settings["num_segments"],
+                     res.settings["num_inner_steps"], f"{acc:.3f}",
+                     summarize(per_seed, "energy_distance", "{:.5f}"),
+                     summarize(per_seed, "mode_weight_error", "{:.4f}")])
+        print(f"ablation {label:55s} ED={_mean(per_seed, 'energy_distance'):.5f} "
+              f"MWE={_mean(per_seed, 'mode_weight_error'):.4f}", flush=True)
+    return rows
+
+
 def _mean(per_seed, key):
     return float(np.mean([d[key] for d in per_seed]))
 
@@ -93,6 +137,9 @@ def main(argv=None):
     parser.add_argument("--focus-samples", type=int, default=10000,
                         help="samples per seed of the RTK@100 vs DDPM@1000 comparison (0: use the "
                              "main table's)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run the design ablations at nfe = 100 (and 50) with "
+                             "--focus-samples samples per seed")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
                                                       "benchmarks", "rtk.md"))
     args = parser.parse_args(argv)
@@ -101,7 +148,7 @@ def main(argv=None):
     target_names = args.targets.split(",")
     n, seeds = args.num_samples, args.seeds
     start = time.perf_counter()
-    sections, verdicts = [], []
+    sections, verdicts, ablation_sections = [], [], []
     for t_index, name in enumerate(target_names):
         mixture = TARGETS[name]()
         base_key = jax.random.fold_in(jax.random.key(20240602), t_index)
@@ -173,7 +220,19 @@ def main(argv=None):
             verdicts.append([name, f"exact vs exact (n = {nf})"]
                             + [summarize(focus_floor, k, "{:.5f}")
                                for k in ("energy_distance", "mode_weight_error")])
-        elif "ddpm" in methods and 1000 in budgets and 100 in budgets:
+        if args.ablation:
+            nf = args.focus_samples or n
+            rows = run_ablations(mixture, base_key, nf, seeds)
+            floor_ab = [exact_floor(mixture, nf, jax.random.fold_in(
+                jax.random.fold_in(base_key, 5 * 10**6), s)) for s in range(seeds)]
+            rows.append(["exact vs exact", "-", "-", "-", "-",
+                         summarize(floor_ab, "energy_distance", "{:.5f}"),
+                         summarize(floor_ab, "mode_weight_error", "{:.4f}")])
+            ablation_sections.append("\n".join([
+                f"### {name}", "", markdown_table(
+                    ["configuration", "measured nfe", "K", "S", "acceptance", "energy distance",
+                     "mode-weight error"], rows)]))
+        if not args.focus_samples and "ddpm" in methods and 1000 in budgets and 100 in budgets:
             focus = {key: results[key][0] for key in results}
         if focus:
             for method in [m for m in methods if m.startswith("rtk")]:
@@ -206,6 +265,12 @@ def main(argv=None):
                    "(mean ± sd).\n\n" + markdown_table(
                        ["target", "RTK row", "energy distance (RTK@100 vs DDPM@1000)",
                         "mode-weight error (RTK@100 vs DDPM@1000)"], verdicts))
+    if ablation_sections:
+        nf = args.focus_samples or n
+        verdict += ("\n## Design ablations\n\n"
+                    f"RTK at nfe = 100 (and 50) with exact energies for MALA, {seeds} groups of {nf} "
+                    "samples (mean ± sd). Each row changes one choice of the defaults.\n\n"
+                    + "\n".join(ablation_sections) + "\n")
     notes = _read_notes(args.out)
     write_report(args.out, "RTK samplers on exact-score mixtures",
                  intro + "\n" + notes + verdict + "\n" + "\n".join(sections), wall_time=wall)

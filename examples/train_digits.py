@@ -67,7 +67,7 @@ def save_grid(path, images, nearest=None, nrow=8):
         img = nearest[i] if pairs and k % 2 else images[i]
         ax.imshow(img.reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
     fig.subplots_adjust(0, 0, 1, 1, 0.05, 0.05)
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
