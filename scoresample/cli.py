@@ -260,7 +260,7 @@ def demo(out="outputs/demo/report.html", *, seed: int = 0, quick: bool = False,
     import jax
 
     from scoresample import diagnostics
-    from scoresample.sample import sample
+    from scoresample.bayes import sample
 
     num_warmup = num_warmup or (200 if quick else 500)
     num_draws = num_draws or (200 if quick else 500)
@@ -380,7 +380,7 @@ def _cmd_sample(args) -> int:
     import jax
 
     from scoresample import diagnostics
-    from scoresample.sample import sample
+    from scoresample.bayes import sample
 
     model, model_args, model_kwargs, reference = _resolve_model(args.model, args.posteriordb)
     method_options = json.loads(args.method_options) if args.method_options else None

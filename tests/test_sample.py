@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import scoresample
-from scoresample.sample import gradient_only_lbfgs, sample, window_schedule
+from scoresample.bayes import gradient_only_lbfgs, sample, window_schedule
 
 MEAN = np.array([1.0, -2.0, 0.5])
 SD = np.array([1.0, 3.0, 0.2])

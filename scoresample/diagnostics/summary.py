@@ -10,12 +10,33 @@ import numpy as np
 __all__ = ["summary", "overview", "zscores", "cost", "flatten_draws"]
 
 
+def _check_dt(dt, name: str = "dt", group: str | None = "posterior"):
+    """``dt`` must be an ``xarray.DataTree`` (with ``group`` when given)."""
+    if not (hasattr(dt, "children") and hasattr(dt, "attrs")):
+        raise TypeError(f"{name} must be an xarray.DataTree (as scoresample.sample returns), got "
+                        f"{type(dt).__name__}")
+    if group is not None and group not in dt.children:
+        raise ValueError(f"{name} has no group {group!r} (groups: {sorted(dt.children)})")
+
+
+def _check_var_names(var_names, dt, group: str):
+    if var_names is None:
+        return None
+    names = [var_names] if isinstance(var_names, str) else list(var_names)
+    missing = [n for n in names if n not in dt[group].data_vars]
+    if missing:
+        raise ValueError(f"var_names {missing} are not in group {group!r} "
+                         f"(it has {sorted(dt[group].data_vars)})")
+    return names
+
+
 def cost(dt) -> dict:
     """Gradient evaluations and seconds spent on the kept draws (and on warmup) of a run.
 
     Uses the attrs written by :func:`scoresample.sample` and falls back on the ``num_grad_evals``
     sample stat (sampling only) when they are absent. Missing values are NaN.
     """
+    _check_dt(dt, group=None)
     attrs = dict(dt.attrs)
     nan = float("nan")
     sampling = attrs.get("num_grad_evals_sampling")
@@ -51,8 +72,12 @@ def summary(dt, *, var_names=None, group: str = "posterior", ci_prob: float | No
     """
     import arviz_stats
 
-    if group not in dt.children:
-        raise ValueError(f"dt has no group {group!r} (groups: {sorted(dt.children)})")
+    _check_dt(dt, group=group)
+    var_names = _check_var_names(var_names, dt, group)
+    if ci_prob is not None:
+        ci_prob = float(ci_prob)
+        if not 0.0 < ci_prob < 1.0:
+            raise ValueError(f"ci_prob must be in (0, 1), got {ci_prob}")
     table = arviz_stats.summary(dt, var_names=var_names, group=group, ci_prob=ci_prob,
                                 round_to=round_to)
     spend = cost(dt)
@@ -128,7 +153,8 @@ def _reference_variables(reference, names) -> dict:
 
 
 def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
-    """Compare a run with reference draws, variable by variable (posteriordb's rule).
+    """Compare a run with reference draws, variable by variable (posteriordb's rule, computed by
+    :func:`scoresample.posteriordb.pass_rule`).
 
     ``z = (mean - ref_mean) / sqrt(mcse^2 + ref_mcse^2)`` (MCSE of the mean from ArviZ, for the
     run and for the reference), and ``sd_ratio = sd / ref_sd``. A component passes when
@@ -143,9 +169,11 @@ def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
         pandas DataFrame, one row per scalar component, with mean, ref_mean, z, sd, ref_sd, sd_ratio
         and ok; ``df.attrs["passed"]`` is True when every row passes.
     """
-    import arviz_stats
     import pandas as pd
 
+    from scoresample.posteriordb.checks import pass_rule
+
+    _check_dt(dt)
     posterior = dt["posterior"]
     ref = _reference_variables(reference, list(posterior.data_vars))
     if not ref:
@@ -161,18 +189,10 @@ def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
     x, names = flatten_draws(run)
     r, _ = flatten_draws(ref)
 
-    def moments(a):
-        mcse = np.asarray(arviz_stats.mcse(a, method="mean", chain_axis=0, draw_axis=1), float)
-        return a.mean(axis=(0, 1)), a.std(axis=(0, 1), ddof=1), mcse
-
-    mean, sd, mcse = moments(x)
-    ref_mean, ref_sd, ref_mcse = moments(r)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(mean == ref_mean, 0.0, (mean - ref_mean) / np.sqrt(mcse**2 + ref_mcse**2))
-        ratio = sd / ref_sd
-    ok = (np.abs(z) <= z_max) & (np.abs(ratio - 1.0) <= sd_tol)
-    table = pd.DataFrame({"mean": mean, "ref_mean": ref_mean, "z": z, "sd": sd, "ref_sd": ref_sd,
-                          "sd_ratio": ratio, "ok": ok}, index=names)
+    res = pass_rule(x, r, param_names=names, z_max=z_max, sd_tol=sd_tol)
+    ok = res.is_mean_ok & res.is_sd_ok
+    table = pd.DataFrame({"mean": res.mean, "ref_mean": res.ref_mean, "z": res.z, "sd": res.sd,
+                          "ref_sd": res.ref_sd, "sd_ratio": res.sd_ratio, "ok": ok}, index=names)
     table.attrs["passed"] = bool(np.all(ok))
     table.attrs["z_max"] = z_max
     table.attrs["sd_tol"] = sd_tol
