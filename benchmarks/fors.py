@@ -5,8 +5,9 @@ accuracies delta and two schedule constants C (G = C (d* + log(K/delta)) log(K/d
 (Li-Yan coefficients) at several budgets. Samples are scored by ``benchmarks/common.py:evaluate``
 against exact draws (energy distance, sliced W2, mode-weight error), beside the exact-versus-exact
 floor, and by the Kolmogorov-Smirnov distance to the exact CDF of p_{t_out} (1-D, so the exact CDF is
-available; its floor is about 0.87 / sqrt(n)). Evaluations per sample (nfe) are the executed ones
-counted by the kernels; rounds are sequential rounds of batched evaluation for the whole batch.
+available; its floor is about 0.87 / sqrt(n)). Evaluations per sample (nfe) are those the vmapped batch
+executed (DiffusionResult.nfe), beside what one particle needed alone (nfe_needed); rounds are
+sequential rounds of batched evaluation for the whole batch.
 
 Part "proximal": FORS-proximal against MALA (blackjax.mala, step tuned by dual averaging to
 acceptance 0.574) and NUTS (blackjax window adaptation) on a correlated Gaussian (d = 20, exact
@@ -18,7 +19,7 @@ posterior means against the truth (or a long NUTS run).
     python benchmarks/fors.py --parts diffusion   # about 12 min here, writes docs/benchmarks/fors.md
     python benchmarks/fors.py --parts proximal    # about 8 min, writes docs/benchmarks/fors_proximal.md
     python benchmarks/fors.py --parts diffusion --fors-small 1e-1,1e-2 --fors-large 1e-1 \
-        --ddpm-nfe 10,100 --ddpm-big 10000 --out-diffusion /tmp/fors.md   # a quick check
+        --ddpm-nfe 10,100 --accuracy-samples 1000 --out-diffusion /tmp/fors.md   # a quick check
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from scipy import stats  # noqa: E402
 import scoresample  # noqa: E402
 from scoresample import diffusion, targets  # noqa: E402
 from scoresample.adaptation import dual_averaging_warmup  # noqa: E402
-from scoresample.driver import scan_particles  # noqa: E402
 from scoresample.kernels import fors as F  # noqa: E402
 from scoresample.models import breast_cancer_logistic  # noqa: E402
 
@@ -64,46 +64,15 @@ def ks_to_exact(samples, mixture, t, *, with_pvalue=False):
     return (float(res.statistic), float(res.pvalue)) if with_pvalue else float(res.statistic)
 
 
-class _Result:
-    """The fields of ``diffusion.DiffusionResult`` that the tables use."""
-
-    def __init__(self, samples, nfe, rounds, is_divergent, settings):
-        self.samples, self.nfe, self.rounds = samples, nfe, rounds
-        self.is_divergent, self.settings = is_divergent, settings
-
-
 def run_reduced(rng_key, method, mixture, num_samples, **options):
-    """A diffusion method through ``driver.scan_particles`` keeping only per-step sums over
-    particles, so memory stays O(steps) rather than O(steps x particles) (thousands of steps, or
-    10^5 particles, here). The counts are those ``diffusion.sample`` reports: nfe = mean over
-    particles of the executed evaluations, rounds = sum over steps of the per-step maximum."""
-    plan = diffusion.build_plan(method, mixture.score, dim=mixture.dim, **options)
-
-    def reduce(info):
-        out = dict(evals=jnp.sum(info.num_grad_evals), rounds=jnp.max(info.num_rounds),
-                   divergent=jnp.sum(info.is_divergent))
-        if hasattr(info, "num_proposals"):
-            out.update(accepted=jnp.sum(info.is_accepted), proposals=jnp.sum(info.num_proposals),
-                       clipped=jnp.sum(info.num_clipped), coins=jnp.sum(info.num_coins),
-                       overflow=jnp.sum(info.is_overflow))
-        return out
-
-    tic = time.perf_counter()
-    states, sums = scan_particles(rng_key, lambda k: plan.algorithm.init(plan.init_position(k)),
-                                  plan.algorithm.step, num_samples, plan.num_steps,
-                                  info_transform=reduce)
-    samples = np.asarray(jax.vmap(plan.finalize)(states))
-    wall = time.perf_counter() - tic
-    sums = {k: float(np.sum(np.asarray(v))) for k, v in sums.items()}
-    rates = {}
-    if "proposals" in sums:
-        rates = dict(acceptance=sums["accepted"] / sums["proposals"],
-                     clip_rate=sums["clipped"] / max(sums["coins"], 1.0),
-                     overflow_rate=sums["overflow"] / (num_samples * plan.num_steps))
-    divergent = np.full(num_samples, sums["divergent"] > 0) | ~np.all(np.isfinite(samples), 1)
-    result = _Result(samples, sums["evals"] / num_samples, int(sums["rounds"]), divergent,
-                     dict(plan.settings, wall_time=wall))
-    return result, rates
+    """``diffusion.sample`` (whose info is reduced over particles, so memory stays O(steps)) and
+    FORS's pooled rates. ``res.nfe`` counts what the vmapped batch executed per sample (every step
+    costs every particle the slowest particle's evaluations); ``res.nfe_needed`` what a particle's
+    own loop needed (what it would cost run alone)."""
+    res = diffusion.sample(rng_key, method, mixture.score, dim=mixture.dim,
+                           num_samples=num_samples, **options)
+    rates = F.pooled_rates(res.info) if hasattr(res.info, "num_proposals") else {}
+    return res, rates
 
 
 def run_diffusion(args):
@@ -122,11 +91,13 @@ def run_diffusion(args):
             res, rates = run_reduced(key, "fors", mix, n_cost, delta=delta, second_moment=m2,
                                      constant=constant)
             row = dict(constant=constant, delta=delta, steps=sched.num_steps, growth=sched.growth,
-                       nfe=res.nfe, rounds=res.rounds, wall=res.settings["wall_time"],
+                       nfe=res.nfe, needed=res.nfe_needed, rounds=res.rounds,
+                       wall=res.settings["wall_time"],
                        ks=ks_to_exact(res.samples, mix, sched.t_min),
                        divergent=int(np.sum(res.is_divergent)), **rates)
             cost_rows.append(row)
             print(f"cost C={constant} delta={delta:g}: steps {row['steps']} nfe {row['nfe']:.1f} "
+                  f"needed {row['needed']:.1f} "
                   f"rounds {row['rounds']} clip {row['clip_rate']:.2e} acc "
                   f"{row['acceptance']:.4f} KS {row['ks']:.3f} ({row['wall']:.0f}s)", flush=True)
 
@@ -138,7 +109,7 @@ def run_diffusion(args):
         x = np.asarray(res.samples)
         ev = evaluate(x, mix, key)
         ks, pvalue = ks_to_exact(x, mix, t_out, with_pvalue=True)
-        row = [name, f"{res.nfe:.0f}", f"{ev['energy_distance']:.5f}",
+        row = [name, f"{res.nfe:.0f}", f"{res.nfe_needed:.0f}", f"{ev['energy_distance']:.5f}",
                f"{ev['mode_weight_error']:.4f}", f"{float(np.mean(x[:, 0] < 0)) - 0.3:+.4f}",
                f"{ks:.4f}", f"{pvalue:.2g}", f"{res.settings['wall_time']:.0f}"]
         acc_rows.append(row)
@@ -159,7 +130,7 @@ def run_diffusion(args):
     ref = np.asarray(mix.sample(key_floor, n_acc))
     ev = evaluate(ref, mix, jax.random.fold_in(key_floor, 1))
     ks, pvalue = ks_to_exact(ref, mix, 0.0, with_pvalue=True)
-    acc_rows.append(["exact draws", "", f"{ev['energy_distance']:.5f}",
+    acc_rows.append(["exact draws", "", "", f"{ev['energy_distance']:.5f}",
                      f"{ev['mode_weight_error']:.4f}", f"{float(np.mean(ref[:, 0] < 0)) - 0.3:+.4f}",
                      f"{ks:.4f}", f"{pvalue:.2g}", ""])
 
@@ -167,36 +138,44 @@ def run_diffusion(args):
     summary = []
     for constant, _ in args.fors_grid:
         sel = [r for r in cost_rows if r["constant"] == constant]
-        if len(sel) >= 2:
-            p = np.polyfit(np.log(np.log(1 / np.array([r["delta"] for r in sel]))),
-                           np.log(np.array([r["nfe"] for r in sel])), 1)[0]
-            per_decade = [sel[i + 1]["nfe"] / sel[i]["nfe"] for i in range(len(sel) - 1)]
+        if len(sel) < 2:
+            continue
+        log_log = np.log(np.log(1 / np.array([r["delta"] for r in sel])))
+        for field, label in (("nfe", "executed in the batch"), ("needed", "needed per particle")):
+            p = np.polyfit(log_log, np.log(np.array([r[field] for r in sel])), 1)[0]
+            per_decade = [sel[i + 1][field] / sel[i][field] for i in range(len(sel) - 1)]
             deltas = ", ".join(f"{r['delta']:g}" for r in sel)
-            costs = ", ".join(f"{r['nfe']:.0f}" for r in sel)
+            costs = ", ".join(f"{r[field]:.0f}" for r in sel)
             factors = ", ".join(f"{q:.2f}" for q in per_decade)
             summary.append(
-                f"- C = {constant}: delta = {deltas} cost {costs} evaluations per sample; each "
-                f"tenfold decrease of delta multiplied the cost by {factors} (a fit "
+                f"- C = {constant}, {label}: delta = {deltas} cost {costs} evaluations per sample; "
+                f"each tenfold decrease of delta multiplied it by {factors} (a fit "
                 f"nfe ~ log(1/delta)^p gives p = {p:.2f}). A cost proportional to delta^-2 would "
                 "grow 100-fold per decade.")
 
     cost_table = markdown_table(
-        ["C", "delta", "G", "steps", "nfe / sample", "rounds", "clip rate", "acceptance",
+        ["C", "delta", "G", "steps", "nfe / sample (executed)", "needed / particle", "rounds",
+         "clip rate", "acceptance",
          "overflow", f"KS to exact (n = {n_cost})", "wall s"],
         [[r["constant"], f"{r['delta']:g}", f"{r['growth']:.1f}", r["steps"], f"{r['nfe']:.0f}",
-          r["rounds"], f"{r['clip_rate']:.1e}", f"{r['acceptance']:.4f}",
+          f"{r['needed']:.0f}", r["rounds"], f"{r['clip_rate']:.1e}", f"{r['acceptance']:.4f}",
           f"{r['overflow_rate']:.0e}", f"{r['ks']:.3f}", f"{r['wall']:.0f}"] for r in cost_rows])
     acc_table = markdown_table(
-        ["sampler", "nfe / sample", "energy distance", "mode-weight error",
+        ["sampler", "nfe / sample (executed)", "needed / particle", "energy distance",
+         "mode-weight error",
          "left-mode weight - 0.3", "KS to exact", "KS p-value", "wall s"], acc_rows)
     lines = [
         "## FORS-diffusion on `targets.two_modes_1d()` with exact scores", "",
         "Weights 0.3 and 0.7, means -2 and 2, sd 0.5. FORS: second_moment = "
         f"{m2:.2f} (t_max = 0.5 log((d + m2)/delta^2), s_{{t_min}}^2 = delta^2/(d + m2)), clip B = 1, "
-        "chunk_size = 1 (pure early rejection), G = C (d + log(K/delta)) log(K/delta). nfe = "
-        "executed score evaluations per sample (mean over particles, rejected proposals "
-        "included); rounds = sum over steps of the largest per-particle number of sequential "
-        "rounds (the batch's sequential depth under vmap); clip rate and acceptance pooled as "
+        "chunk_size = 1 (pure early rejection), G = C (d + log(K/delta)) log(K/delta). nfe "
+        "(executed) = score evaluations the vmapped batch ran per sample: the particles run in "
+        "lockstep, so each step costs every particle what its slowest particle needed (rejected "
+        "proposals and masked work included; `DiffusionResult.nfe`); needed / particle = what a "
+        "particle's own loop needed, i.e. its cost run alone (`DiffusionResult.nfe_needed`). The "
+        "gap grows with the batch size (the maximum of more particles' proposal counts). rounds = "
+        "sum over steps of the largest per-particle number of sequential rounds (the batch's "
+        "sequential depth); clip rate and acceptance pooled as "
         "ratios of sums. KS to exact: Kolmogorov-Smirnov distance to the exact CDF of the law at "
         "the sampler's output time, floor about 0.87 / sqrt(n).", "",
         f"### Cost against the target accuracy delta ({n_cost} samples per run)", "",

@@ -9,9 +9,11 @@ divided by the data scale sqrt(tr Cov / d), is at most 1e-3 is reported:
 
 - ``rounds``: sequential rounds of batched evaluation for the whole batch (sum over blocks of the
   largest per-particle iteration count; for ParaDiGMS the largest per-particle round count);
-- ``evals (needed)``: mean over particles of the evaluations that particle's own loop ran;
-- ``evals (batch)``: evaluations per particle the vmapped batch executed (rounds x block width, or
-  rounds x window), since a vmapped while_loop runs every particle until the slowest converges.
+- ``evals (needed)``: mean over particles of the evaluations that particle's own loop ran
+  (``DiffusionResult.nfe_needed``);
+- ``evals (batch)``: evaluations per particle the vmapped batch executed, ``DiffusionResult.nfe``
+  (rounds x block width, or rounds x window, checked here), since a vmapped while_loop runs every
+  particle until the slowest converges.
 
 Part 2 (wall clock). A small MLP score (``scoresample.nn`` residual MLP, width 64, 2 blocks, trained
 for ``--train-steps`` steps by denoising score matching on draws of the 2-D mixture) drives the
@@ -117,14 +119,16 @@ def walk_ladder(rng_key, score_fn, dim, scale, method, fixed, param, values, num
         gap = rel_gap(res.samples, ref.samples, scale)
         worst = float(np.max(np.sqrt(np.mean((np.asarray(res.samples) - np.asarray(ref.samples)) ** 2,
                                              axis=-1)))) / scale
-        batch = res.rounds * batch_width(method, res)
-        row = dict(param=param, value=value, rounds=res.rounds, needed=res.nfe, batch=batch, gap=gap,
-                   worst=worst,
-                   divergent=int(np.sum(np.asarray(res.is_divergent))),
+        batch = int(res.nfe)  # what the vmapped batch executed per particle
+        if batch != res.rounds * batch_width(method, res):
+            raise RuntimeError(f"nfe {res.nfe} != rounds {res.rounds} x width "
+                               f"{batch_width(method, res)}")
+        row = dict(param=param, value=value, rounds=res.rounds, needed=res.nfe_needed, batch=batch,
+                   gap=gap, worst=worst, divergent=int(np.sum(np.asarray(res.is_divergent))),
                    wall=res.settings["wall_time"])
         rows.append(row)
-        log(f"  {param}={value}: rounds {res.rounds}, evals needed {res.nfe:.0f}, batch {batch}, "
-            f"gap {gap:.2e} (worst particle {worst:.1e}), {row['wall']:.1f}s")
+        log(f"  {param}={value}: rounds {res.rounds}, evals needed {res.nfe_needed:.0f}, "
+            f"batch {batch}, gap {gap:.2e} (worst particle {worst:.1e}), {row['wall']:.1f}s")
         if gap <= GAP:
             chosen = row
             break
@@ -159,8 +163,9 @@ def part_exact(args, log):
             "of (Picard - sequential with the same noise) / sqrt(tr Cov / d); target "
             f"<= {GAP:g}. Block-Picard tolerances are given in units of the data scale. "
             "`rounds` = sequential rounds of batched evaluation; `evals (needed)` = mean per particle "
-            "of what its own loop ran; `evals (batch)` = per particle, what the vmapped batch "
-            "executed; `worst particle` = the largest per-particle relative gap.", "",
+            "of what its own loop ran (`nfe_needed`); `evals (batch)` = per particle, what the "
+            "vmapped batch executed (`nfe` of `diffusion.sample`); `worst particle` = the largest "
+            "per-particle relative gap.", "",
             "### Rounds to reach the target gap (first rung of each ladder that does)", "",
             markdown_table(["target", "sampler", "setting", "rounds", "evals (needed)",
                             "evals (batch)", "gap"], summary_rows),

@@ -3,17 +3,19 @@
 Randomness is derived per particle (``fold_in`` of the particle's key with the step index), so a
 particle's trajectory does not depend on how many particles run beside it or on which device: the
 property the multi-device tests rely on. With several devices the particle axis is sharded over
-them (:mod:`scoresample.parallel`).
+them, and a kernel's time axis (Picard) over the devices left in each particle group, on one 2-D
+mesh (:mod:`scoresample.parallel`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from scoresample.parallel import batch_sharding, constrain_batch, gather
+from scoresample.parallel import constrain_batch, gather, particle_time_mesh, spmd_axis, use_mesh
 
 __all__ = ["scan_particles", "progress_callback"]
 
@@ -44,7 +46,7 @@ def progress_callback(num_steps: int, label: str = "sampling", enabled: bool = T
 
 def scan_particles(rng_key, init_fn: Callable, step_fn: Callable, num_particles: int,
                    num_steps: int, *, progress_bar: bool = False, label: str = "sampling",
-                   info_transform: Callable | None = None):
+                   info_transform: Callable | None = None, time_size: int | None = None):
     """Apply ``step_fn`` ``num_steps`` times to ``num_particles`` independent particles.
 
     Args:
@@ -54,31 +56,38 @@ def scan_particles(rng_key, init_fn: Callable, step_fn: Callable, num_particles:
         step_fn: ``step_fn(rng_key, state) -> (state, info)`` for one particle.
         info_transform: optional map applied to the batched info of each step before stacking
             (to keep only what is needed when steps are many).
+        time_size: the length of the time axis the kernel shards with
+            :func:`scoresample.parallel.constrain_time` (a Picard block's width), or None. With
+            several devices the run uses the mesh ``parallel.particle_time_mesh(num_particles,
+            time_size)``: particles over its "particles" axis, each particle's time axis over its
+            "time" axis.
 
     Returns:
         ``(final_states, infos)`` with infos stacked as (num_steps, num_particles, ...).
     """
     update, close = progress_callback(num_steps, label, progress_bar)
-    sharding = batch_sharding(num_particles)
+    mesh = particle_time_mesh(num_particles, time_size)
+    vmap = functools.partial(jax.vmap, spmd_axis_name=spmd_axis(mesh))
 
     @jax.jit
     def run(rng_key):
         particle_keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, i))(jnp.arange(num_particles))
-        particle_keys = constrain_batch(particle_keys, sharding)
+        particle_keys = constrain_batch(particle_keys, mesh)
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(particle_keys)
-        states = constrain_batch(jax.vmap(init_fn)(init_keys), sharding)
+        states = constrain_batch(vmap(init_fn)(init_keys), mesh)
 
         def body(states, i):
             keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(particle_keys)
-            states, infos = jax.vmap(step_fn)(keys, states)
+            states, infos = vmap(step_fn)(keys, states)
             update(i)
             if info_transform is not None:
                 infos = info_transform(infos)
-            return constrain_batch(states, sharding), infos
+            return constrain_batch(states, mesh), infos
 
         return jax.lax.scan(body, states, jnp.arange(num_steps))
 
     try:
-        return gather(run(rng_key))
+        with use_mesh(mesh):  # kernels traced inside see the mesh (parallel.constrain_time)
+            return gather(run(rng_key))
     finally:
         close()

@@ -1,7 +1,9 @@
-"""diffusion.sample rejects bad inputs with errors that name the argument, before compiling anything.
+"""diffusion.sample rejects bad inputs with errors naming the argument, before compiling anything;
+and it counts what ran and reduces the per-step Info over the particles.
 
 A counting score_fn proves that nothing beyond ``jax.eval_shape`` (one trace, no compilation) ran,
 and a JAX monitoring listener proves that no XLA compilation happened during a rejected call.
+A host callback in the score counts the evaluations a vmapped batch really executed.
 """
 
 import contextlib
@@ -112,6 +114,10 @@ def test_negative_num_samples_and_bad_dim():
     _rejects(TypeError, "dim", CountingScore(), dim=2.0)
 
 
+def test_bad_per_particle_info():
+    _rejects(TypeError, "per_particle_info", CountingScore(), per_particle_info="yes")
+
+
 def test_bad_key():
     score = CountingScore()
     _rejects(TypeError, "rng_key", score, rng_key=0)
@@ -155,3 +161,55 @@ def test_the_compilation_guard_detects_a_compilation():
     with pytest.raises(AssertionError, match="compilation"):
         with no_compilation():
             jax.jit(lambda x: 2.0 * x + 1.0)(jnp.arange(7.0))
+
+
+# ----- counting what ran, and the per-step Info ------------------------------------------------
+
+
+def _host_counted(fn=MIX.score):
+    """A score that counts, on the host, every evaluation that executes (one per vmapped lane)."""
+    calls = [0]
+
+    def score(x, t):
+        jax.debug.callback(lambda _: calls.__setitem__(0, calls[0] + 1), t)
+        return fn(x, t)
+
+    return score, calls
+
+
+@pytest.mark.parametrize("method, options", [
+    ("paradigms", dict(num_steps=24, window=8, tol=1e-3)),
+    pytest.param("fors", dict(delta=0.3, constant=0.1), marks=pytest.mark.slow),  # ~12 s compile
+])
+def test_nfe_counts_the_masked_work_of_data_dependent_loops(method, options):
+    """Under vmap a while_loop runs every particle until the slowest is done: nfe is that, the
+    host-side count of executed evaluations per particle, and exceeds what the particles needed."""
+    n = 6
+    score, calls = _host_counted()
+    res = diffusion.sample(jax.random.key(3), method, score, dim=2, num_samples=n, **options)
+    assert calls[0] == n * res.nfe
+    assert int(np.sum(res.info.num_grad_evals)) == res.nfe
+    assert int(np.sum(res.info.num_rounds)) == res.rounds
+    assert res.nfe_needed < res.nfe
+
+
+def test_info_is_reduced_over_particles_unless_asked():
+    def score(x, t):  # NaN for one particle (x[0] > 1.0) at late times: divergent fractions
+        return jnp.where((t < 0.5) & (x[0] > 1.0), jnp.nan, -x)
+
+    opts = dict(dim=2, num_samples=8, nfe=6)
+    full = diffusion.sample(KEY, "ddpm", score, per_particle_info=True, **opts)
+    red = diffusion.sample(KEY, "ddpm", score, **opts)
+    np.testing.assert_array_equal(red.samples, full.samples)
+    np.testing.assert_array_equal(red.is_divergent, full.is_divergent)
+    assert 0 < int(np.sum(red.is_divergent)) < 8
+    assert red.nfe == full.nfe == red.nfe_needed == 6.0 and red.rounds == full.rounds == 6
+    assert full.info.num_grad_evals.shape == (6, 8) and red.info.num_grad_evals.shape == (6,)
+    for name in full.info._fields:
+        got = np.asarray(getattr(red.info, name))
+        per_particle = np.asarray(getattr(full.info, name))
+        want = (per_particle.max(axis=1) if name in ("num_grad_evals", "num_rounds")
+                else per_particle.mean(axis=1))
+        np.testing.assert_allclose(got, want, rtol=1e-14, err_msg=name)
+    fraction = np.asarray(red.info.is_divergent)
+    assert np.all((fraction >= 0) & (fraction < 1)) and np.any(fraction > 0)

@@ -24,6 +24,7 @@ import numpy as np
 
 from scoresample.base import (
     DiffusionPlan,
+    check_bool,
     check_callable,
     check_in,
     check_int,
@@ -31,7 +32,7 @@ from scoresample.base import (
 )
 from scoresample.driver import scan_particles
 
-__all__ = ["sample", "build_plan", "METHODS", "DiffusionResult", "cld"]
+__all__ = ["sample", "build_plan", "run_plan", "reduce_info", "METHODS", "DiffusionResult", "cld"]
 
 # name -> "module:plan_function"; each plan function has the signature
 #   plan(score_fn, *, dim, energy_fn=None, **options) -> DiffusionPlan
@@ -56,13 +57,29 @@ class DiffusionResult(NamedTuple):
     """What ``diffusion.sample`` returns.
 
     - ``samples``: (num_samples, dim).
-    - ``nfe``: mean number of score evaluations executed per sample (float).
+    - ``nfe``: mean number of score evaluations executed per sample (float). The particles run in
+      lockstep under ``jax.vmap`` (on an accelerator and when sharded over devices alike): a step
+      whose work depends on the data (a ``while_loop``: Picard iterations in tolerance mode,
+      ParaDiGMS rounds, FORS proposals and coins) runs every particle until the slowest is done,
+      and the finished particles' evaluations are computed and masked. Each step therefore counts
+      the largest per-particle ``num_grad_evals`` of that step, for every particle; ``nfe`` is the
+      sum of those over steps. (Exact for every method here, whose data-dependent work per step is
+      one loop costing a fixed number of evaluations per iteration.)
     - ``rounds``: sequential rounds of batched evaluation for the whole batch (sum over steps of the
       largest per-particle round count of each step).
-    - ``info``: the method's per-step Info, stacked as (num_steps, num_samples, ...).
+    - ``info``: the method's Info NamedTuple, one value per step (leading axis num_steps), reduced
+      over the particles: ``num_grad_evals`` and ``num_rounds`` are what every particle executed in
+      that step (the per-step maxima above, so ``sum(info.num_grad_evals) == nfe`` and
+      ``sum(info.num_rounds) == rounds``); every other field is its mean over the particles (a
+      boolean becomes the fraction of particles). With ``per_particle_info=True`` it is instead
+      the kernel's per-particle Info stacked as (num_steps, num_samples, ...), whose
+      ``num_grad_evals`` is what each particle's own loop ran (what it would execute alone).
     - ``is_divergent``: (num_samples,) True where a non-finite value was met; such samples are kept
       for inspection but flagged, never silently counted as good draws.
     - ``settings``: the resolved options (grid, step sizes) and ``wall_time`` in seconds.
+    - ``nfe_needed``: mean over particles of the evaluations each particle's own loops needed (the
+      sum of its per-particle ``num_grad_evals``): what a particle would cost run alone. It equals
+      ``nfe`` for fixed-cost methods and is at most ``nfe`` otherwise.
     """
 
     samples: jax.Array
@@ -71,6 +88,33 @@ class DiffusionResult(NamedTuple):
     info: Any
     is_divergent: jax.Array
     settings: dict
+    nfe_needed: float
+
+
+# Counts that every particle of a vmapped batch executes as often as the slowest particle does.
+EXECUTED_COUNTS = ("num_grad_evals", "num_rounds")
+
+
+def reduce_info(infos):
+    """Reduce a batched Info (leading particle axis) to one value per field, as ``DiffusionResult``.
+
+    ``num_grad_evals`` and ``num_rounds`` become their maximum over the particles (what the batch
+    executed per particle); every other field its mean over the particles (booleans: the fraction).
+    """
+
+    def mean(x):
+        x = jnp.asarray(x)
+        if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+            return x
+        return jnp.mean(x.astype(jnp.result_type(float)), axis=0)
+
+    fields = getattr(infos, "_fields", None)
+    if fields is None:
+        return jax.tree_util.tree_map(mean, infos)
+    reduced = {name: (jnp.max(getattr(infos, name), axis=0) if name in EXECUTED_COUNTS
+                      else jax.tree_util.tree_map(mean, getattr(infos, name)))
+               for name in fields}
+    return infos._replace(**reduced)
 
 
 def _plan_fn(method: str):
@@ -80,7 +124,8 @@ def _plan_fn(method: str):
 
 
 def _output_shape(name, fn, dim):
-    """Trace ``fn(x, t)`` abstractly (nothing is compiled) and return its output shape."""
+    """Trace ``fn(x, t)`` abstractly (nothing is compiled) and return its output shape; the output
+    must be real floating point."""
     check_callable(name, fn)
     try:
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)),
@@ -88,6 +133,9 @@ def _output_shape(name, fn, dim):
     except Exception as err:
         raise ValueError(f"{name}(x, t) failed for x of shape ({dim},) (is dim={dim} right?): "
                          f"{type(err).__name__}: {err}") from err
+    dtype = getattr(out, "dtype", None)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}(x, t) must return real floating-point values, got dtype {dtype}")
     return getattr(out, "shape", type(out).__name__)
 
 
@@ -115,28 +163,52 @@ def build_plan(method: str, score_fn, *, dim: int, energy_fn=None, **options) ->
 
 
 def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bool = False,
-             label: str = "diffusion") -> DiffusionResult:
-    """Run a built plan on ``num_samples`` particles and count what ran."""
+             label: str = "diffusion", per_particle_info: bool = False) -> DiffusionResult:
+    """Run a built plan on ``num_samples`` particles and count what ran.
+
+    The per-step Info is reduced over the particles inside the compiled scan (memory O(num_steps),
+    see :class:`DiffusionResult`); ``per_particle_info=True`` keeps all of it, O(num_steps x
+    num_samples). Each particle also carries the running sum of its own ``num_grad_evals`` and an
+    ``is_divergent`` flag, which give ``nfe_needed`` and ``is_divergent``. A plan whose kernel
+    shards a time axis (Picard) gives its length as ``settings["time_axis_size"]``; with several
+    devices particles and time then share one 2-D mesh (:mod:`scoresample.parallel`).
+    """
     num_samples = check_int("num_samples", num_samples)
+    progress_bar = check_bool("progress_bar", progress_bar)
+    per_particle_info = check_bool("per_particle_info", per_particle_info)
     start = time.perf_counter()
 
     def init_fn(key):
-        return plan.algorithm.init(plan.init_position(key))
+        state = plan.algorithm.init(plan.init_position(key))
+        return state, jnp.zeros((), jnp.int32), jnp.zeros((), bool)
 
-    states, infos = scan_particles(rng_key, init_fn, plan.algorithm.step, num_samples,
-                                   plan.num_steps, progress_bar=progress_bar, label=label)
+    def step_fn(key, carry):
+        state, needed, divergent = carry
+        state, info = plan.algorithm.step(key, state)
+        needed = needed + jnp.asarray(info.num_grad_evals, jnp.int32)
+        return (state, needed, divergent | jnp.asarray(info.is_divergent, bool)), info
+
+    (states, needed, divergent), infos = scan_particles(
+        rng_key, init_fn, step_fn, num_samples, plan.num_steps, progress_bar=progress_bar,
+        label=label, info_transform=None if per_particle_info else reduce_info,
+        time_size=plan.settings.get("time_axis_size"))
     samples = jax.vmap(plan.finalize)(states)
     samples = jax.block_until_ready(samples)
     wall = time.perf_counter() - start
-    evals = jnp.sum(infos.num_grad_evals, axis=0)  # per particle
-    rounds = int(np.sum(np.max(np.asarray(infos.num_rounds), axis=1)))
-    divergent = jnp.any(infos.is_divergent, axis=0) | ~jnp.all(jnp.isfinite(samples), axis=-1)
+    # what the batch executed per particle in each step, summed over steps
+    evals = np.asarray(infos.num_grad_evals, dtype=np.int64)
+    rounds = np.asarray(infos.num_rounds, dtype=np.int64)
+    if per_particle_info:
+        evals, rounds = np.max(evals, axis=1), np.max(rounds, axis=1)
+    divergent = divergent | ~jnp.all(jnp.isfinite(samples), axis=-1)
     settings = dict(plan.settings, wall_time=wall)
-    return DiffusionResult(samples, float(jnp.mean(evals)), rounds, infos, divergent, settings)
+    return DiffusionResult(samples, float(np.sum(evals)), int(np.sum(rounds)), infos, divergent,
+                           settings, float(np.mean(np.asarray(needed, dtype=np.float64))))
 
 
 def sample(rng_key, method: str, score_fn, *, dim: int, num_samples: int, energy_fn=None,
-           progress_bar: bool = False, **options) -> DiffusionResult:
+           progress_bar: bool = False, per_particle_info: bool = False,
+           **options) -> DiffusionResult:
     """Sample ``num_samples`` points from the data law whose score is ``score_fn`` with ``method``.
 
     Args:
@@ -147,16 +219,23 @@ def sample(rng_key, method: str, score_fn, *, dim: int, num_samples: int, energy
         dim: the data dimension.
         num_samples: number of independent samples.
         energy_fn: optional ``energy_fn(x, t) = -log p_t(x) + c(t)`` (RTK-MALA uses it).
+        progress_bar: show a tqdm bar over the steps.
+        per_particle_info: keep the per-particle Info of every step (memory num_steps x
+            num_samples) instead of its per-step reduction over particles (the default).
         **options: the method's options: ``nfe``, ``t_min``, ``t_max`` for fixed-cost methods,
             ``delta`` for "fors", ``num_steps`` for the Picard methods, and method-specific ones.
 
     Returns:
-        :class:`DiffusionResult` with ``samples``, ``nfe``, ``rounds``, ``info``.
+        :class:`DiffusionResult` with ``samples``, ``nfe`` (evaluations executed per sample),
+        ``rounds``, ``info``, ``is_divergent``, ``settings``, ``nfe_needed``.
     """
     check_key("rng_key", rng_key)
     num_samples = check_int("num_samples", num_samples)
+    progress_bar = check_bool("progress_bar", progress_bar)
+    per_particle_info = check_bool("per_particle_info", per_particle_info)
     plan = build_plan(method, score_fn, dim=dim, energy_fn=energy_fn, **options)
-    return run_plan(rng_key, plan, num_samples, progress_bar=progress_bar, label=method)
+    return run_plan(rng_key, plan, num_samples, progress_bar=progress_bar, label=method,
+                    per_particle_info=per_particle_info)
 
 
 def cld(rng_key, velocity_score_fn, *, dim: int, num_samples: int, **options):

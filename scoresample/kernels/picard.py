@@ -39,11 +39,15 @@ Samplers here:
   all noise drawn up front; one kernel step is the whole trajectory.
 - ``picard_langevin``: Picard epochs of the Langevin diffusion on a log-density (BlackJAX-style).
 
-Counting: ``num_grad_evals`` counts the evaluations the kernel EXECUTES for one particle run alone
-(every batched call counts its full batch, padded slots included). In tolerance mode the loops are
-``while_loop`` s; vmapped over particles they run until the slowest particle has converged, so the
-work a batch executes per particle is the batch's round count times the batch size of a round (M or
-p), which ``diffusion.sample`` reports as ``rounds``; benchmarks report both numbers.
+Counting: the kernels are single-particle, and ``num_grad_evals`` counts what the kernel executes
+for one particle run alone: every batched call counts its full batch, padded slots included, so a
+block costs (iterations it needed) x M and a ParaDiGMS run (rounds it needed) x p. In tolerance mode
+the loops are ``while_loop`` s; vmapped over particles (the driver, a GPU batch, particles sharded
+over devices) they run in lockstep until the slowest particle has converged, and the converged
+particles' evaluations are computed and masked. What a batch executes per particle in a step is
+therefore the largest per-particle ``num_grad_evals`` of that step: ``diffusion.sample`` reports
+that as ``nfe`` (summed over steps) and as the reduced ``info.num_grad_evals``, and the mean of the
+per-particle counts as ``nfe_needed``; ``rounds`` sums the largest per-particle round counts.
 """
 
 from __future__ import annotations
@@ -54,9 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from scoresample import processes
+from scoresample import parallel, processes
 from scoresample.base import (
     DiffusionPlan,
     DiffusionState,
@@ -66,6 +69,7 @@ from scoresample.base import (
     check_in,
     check_int,
     check_nonnegative,
+    check_position,
     check_positive,
 )
 
@@ -90,14 +94,15 @@ __all__ = [
 ]
 
 FORMS = ("denoiser", "score")
-TIME_AXIS = "time"
+TIME_AXIS = parallel.TIME
 
 
 class PicardInfo(NamedTuple):
     """Per-step diagnostics of the diffusion Picard samplers (one block, or one whole ParaDiGMS run).
 
-    - ``num_grad_evals``: score evaluations executed for this particle (batch sizes of every call).
-    - ``num_rounds``: sequential rounds of batched evaluation for this particle.
+    - ``num_grad_evals``: score evaluations this particle executes run alone (batch sizes of every
+      call); a vmapped batch executes the maximum over its particles (see the module docstring).
+    - ``num_rounds``: sequential rounds of batched evaluation this particle needed.
     - ``residual``: RMS (over coordinates) change of the last iteration, largest over the points.
     - ``is_divergent``: a non-finite value was met; the position was then left unchanged.
     """
@@ -177,17 +182,14 @@ def affine_prefix(a_coef, offsets, y0):
 
 
 def shard_time_axis(x, enabled: bool = True):
-    """Ask XLA to split the leading (time-grid) axis of ``x`` over all devices.
+    """Ask XLA to split the leading (time-grid) axis of ``x`` over devices.
 
-    A no-op on one device, or when the axis does not divide evenly over the devices (so results never
-    depend on padding). Inside a particle vmap the particle axis stays unsharded by this constraint.
+    Inside ``diffusion.sample`` (the driver's 2-D ("particles", "time") mesh) the axis is split over
+    the "time" devices of each particle group; run on its own, over all devices. A no-op on one
+    device, or when the axis does not divide evenly (so results never depend on padding). See
+    :func:`scoresample.parallel.constrain_time`.
     """
-    devices = jax.devices()
-    if not enabled or len(devices) < 2 or x.shape[0] % len(devices) != 0:
-        return x
-    mesh = Mesh(np.asarray(devices), (TIME_AXIS,))
-    spec = PartitionSpec(TIME_AXIS, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return parallel.constrain_time(x, enabled)
 
 
 def _rms(x):
@@ -420,7 +422,8 @@ def _picard_plan(score_fn, *, dim, energy_fn=None, ode, num_steps=1000, num_bloc
     settings = dict(method="picard-ode" if ode else "picard-sde", num_steps=num_steps,
                     block_sizes=tuple(sizes), num_blocks=len(sizes), num_iterations=num_iterations,
                     tol=tol, max_iterations=max_iterations, t_min=t_min, t_max=t_max, grid=grid,
-                    form=form, sequential=sequential, shard=shard)
+                    form=form, sequential=sequential, shard=shard,
+                    time_axis_size=width if shard and not sequential else None)
     return DiffusionPlan(_initial_position(dim), SamplingAlgorithm(init, step), len(sizes),
                          lambda state: state.position, settings)
 
@@ -451,10 +454,14 @@ def picard_sde_plan(score_fn, *, dim, energy_fn=None, **options) -> DiffusionPla
             score, exponential integrator).
         sequential: run the matching sequential sampler with the same noise instead (reference;
             one round of one evaluation per step, padded steps of short blocks included).
-        shard: split the block's time axis over devices when there are several (default True).
+        shard: split the block's time axis over devices when there are several (default True;
+            ``diffusion.sample`` then puts particles and time on one 2-D device mesh, the
+            particles first, see :mod:`scoresample.parallel`; ``settings["time_axis_size"]``
+            tells it the axis length).
 
-    Info per block: ``num_grad_evals`` (iterations x M executed), ``num_rounds`` (iterations),
-    ``residual``, ``is_divergent``.
+    Info per block: ``num_grad_evals`` (iterations x M, for this particle), ``num_rounds``
+    (iterations), ``residual``, ``is_divergent``. In tolerance mode a vmapped batch runs every
+    particle for the iterations of its slowest one; ``diffusion.sample`` counts that in ``nfe``.
 
     Example:
         >>> mix = targets.four_modes_2d()
@@ -493,8 +500,9 @@ def paradigms_plan(score_fn, *, dim, energy_fn=None, num_steps=1000, window=None
     step's variance); ``sequential=True`` runs the sequential sampler with the same noise.
 
     One kernel step is the whole trajectory. Info: ``num_rounds`` (rounds), ``num_grad_evals``
-    (rounds x p executed, padded slots past the end included), ``residual`` (largest RMS change in
-    the last round), ``is_divergent``.
+    (rounds x p executed for this particle, padded slots past the end included), ``residual``
+    (largest RMS change in the last round), ``is_divergent``. A vmapped batch runs every particle
+    for the rounds of its slowest one; ``diffusion.sample`` counts that in ``nfe``.
     """
     del energy_fn
     dim = _check_common(score_fn, dim, form)
@@ -577,7 +585,8 @@ def paradigms_plan(score_fn, *, dim, energy_fn=None, num_steps=1000, window=None
         return DiffusionState(new, state.step + 1, state.aux), info
 
     settings = dict(method="paradigms", num_steps=num_steps, window=window, tol=tol, t_min=t_min,
-                    t_max=t_max, grid=grid, form=form, ode=ode, sequential=sequential, shard=shard)
+                    t_max=t_max, grid=grid, form=form, ode=ode, sequential=sequential, shard=shard,
+                    time_axis_size=window if shard and not sequential else None)
     return DiffusionPlan(_initial_position(dim), SamplingAlgorithm(init, step), 1,
                          lambda state: state.position, settings)
 
@@ -612,7 +621,7 @@ class PicardLangevinInfo(NamedTuple):
 def init(position, logdensity_fn: Callable | None = None) -> PicardLangevinState:
     """Picard Langevin keeps only the position (the gradient at the start is evaluated in round 1)."""
     del logdensity_fn
-    return PicardLangevinState(position)
+    return PicardLangevinState(check_position("position", position))
 
 
 def build_kernel(num_points: int = 8, num_iterations: int = 4, *, shard: bool = True):

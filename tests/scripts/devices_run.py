@@ -2,6 +2,8 @@
 
 Usage: python devices_run.py OUT.npy [PROCESS_ID NUM_PROCESSES PORT]
 With the three extra arguments it joins a jax.distributed run on loopback first.
+Writes OUT.npy (64 particles of an EI sampler through the driver) and OUT.picard.npy (4 particles
+of block Picard, whose 8-point blocks put particles and time on one 2-D mesh: 4 x 2 on 8 devices).
 """
 
 import sys
@@ -43,6 +45,25 @@ def ei_scan(key):
 (states, _), stats = ei_scan(jax.random.key(7))
 print("shards", len(states.sharding.device_set) if hasattr(states, "sharding") else 1)
 out = np.asarray(states)
+
+# Block Picard in tolerance mode: 4 particles, blocks of 8 points (24 steps, 3 blocks).
+from scoresample import diffusion, parallel  # noqa: E402
+
+res = diffusion.sample(jax.random.key(3), "picard-sde", mix.score, dim=2, num_samples=4,
+                       num_steps=24, num_blocks=3, tol=1e-6)
+picard = np.concatenate([np.asarray(res.samples).ravel(), [res.nfe, res.rounds]])
+mesh = parallel.particle_time_mesh(4, res.settings["time_axis_size"])
+print("mesh", "x".join(map(str, mesh.devices.shape)) if mesh is not None else "none")
+if mesh is not None:  # a time constraint inside the particle vmap splits both axes
+    with parallel.use_mesh(mesh):
+        f = jax.jit(jax.vmap(lambda x: parallel.constrain_time(2.0 * x),
+                             spmd_axis_name=parallel.spmd_axis(mesh)))
+        spec = f(np.ones((4, 8, 2))).sharding.spec
+    names = [str(a) for a in spec]
+    while names and names[-1] == "None":  # jax may or may not spell out trailing replicated axes
+        names.pop()
+    print("picard-spec", ",".join(names))
 if jax.process_index() == 0:
     np.save(sys.argv[1], out)
+    np.save(sys.argv[1].replace(".npy", ".picard.npy"), picard)
 print("devices", len(jax.devices()), "processes", jax.process_count(), "digest", float(np.sum(out)))
