@@ -31,6 +31,8 @@ __all__ = [
     "check_array",
     "check_callable",
     "check_key",
+    "check_bool",
+    "check_position",
 ]
 
 Array = jax.Array
@@ -185,3 +187,34 @@ def check_key(name: str, key) -> Array:
         raise TypeError(f"{name} must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
                         f"got {key!r}")
     return key
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a bool, raising TypeError unless it is a Python or NumPy boolean."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a boolean (True or False), got {value!r}")
+    return bool(value)
+
+
+def check_position(name: str, position):
+    """Check a concrete starting position (array or pytree): real floating point and finite.
+
+    Traced leaves (inside a user's ``jit`` or ``vmap``) pass through unchecked; nothing is
+    compiled (concrete leaves are read with NumPy). Returns ``position`` unchanged.
+    """
+    leaves = jax.tree_util.tree_leaves(position)
+    if not leaves:
+        raise ValueError(f"{name} holds no arrays")
+    for leaf in leaves:
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        try:
+            arr = np.asarray(leaf)
+        except Exception as err:
+            raise TypeError(f"{name} must hold arrays, got {type(leaf).__name__}") from err
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"{name} must hold real floating-point values, got dtype {arr.dtype} "
+                            "(cast it, e.g. jnp.asarray(x, float))")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains non-finite values")
+    return position

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.base import check_array, check_int, check_key, check_positive
+from scoresample.base import check_array, check_bool, check_int, check_key, check_positive
 
 __all__ = ["energy_distance", "mmd", "median_bandwidth", "sliced_wasserstein", "mode_weight_error",
            "pairwise_sum"]
@@ -109,6 +109,7 @@ def energy_distance(x, y, *, unbiased: bool = False, block_size: int = _DEFAULT_
     Returns:
         D as a float (the squared form: no square root is taken).
     """
+    unbiased = check_bool("unbiased", unbiased)
     xj, yj = _two_clouds(x, y)
     cross = pairwise_sum(xj, yj, kind="distance", block_size=block_size) / (xj.shape[0] * yj.shape[0])
     within_x = _mean_within(xj, "distance", 1.0, unbiased, block_size)
@@ -151,6 +152,7 @@ def mmd(x, y, bandwidth: float | None = None, *, unbiased: bool = False,
     Returns:
         MMD^2 as a float (squared, like :func:`energy_distance`).
     """
+    unbiased = check_bool("unbiased", unbiased)
     xj, yj = _two_clouds(x, y)
     h = median_bandwidth(xj, yj) if bandwidth is None else check_positive("bandwidth", bandwidth)
     cross = pairwise_sum(xj, yj, kind="gauss", bandwidth=h, block_size=block_size) / (
@@ -217,6 +219,9 @@ def mode_weight_error(samples, mixture) -> float:
     Returns:
         The error in [0, 1] as a float.
     """
+    if not all(hasattr(mixture, name) for name in ("assign", "weights", "dim")):
+        raise TypeError("mixture must be a GaussianMixture (with assign, weights and dim), got "
+                        f"{type(mixture).__name__}")
     samples = check_array("samples", samples, ndim=2)
     if samples.shape[1] != mixture.dim:
         raise ValueError(f"samples must have shape (n, {mixture.dim}), got {samples.shape}")

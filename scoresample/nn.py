@@ -352,12 +352,15 @@ def score_model(dim: int, *, parameterization: str = "eps", kind: str = "mlp",
     dim = check_int("dim", dim)
     check_in("kind", kind, ("mlp", "conv"))
     check_in("parameterization", parameterization, PARAMETERIZATIONS)
+    check_positive("data_std", data_std)
+    side = math.isqrt(dim)
+    if kind == "conv" and side * side != dim:  # checked before any weight is drawn
+        raise ValueError(f"kind='conv' needs a square image: dim must be a square, got {dim}")
+    if rngs is not None and not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"rngs must be a flax.nnx.Rngs, got {type(rngs).__name__}")
     rngs = nnx.Rngs(0) if rngs is None else rngs
     if kind == "mlp":
         backbone = MLP(dim, rngs=rngs, **backbone_options)
     else:
-        side = math.isqrt(dim)
-        if side * side != dim:
-            raise ValueError(f"kind='conv' needs a square image: dim must be a square, got {dim}")
         backbone = ConvNet(side, rngs=rngs, **backbone_options)
     return ScoreModel(backbone, parameterization=parameterization, data_std=data_std)

@@ -330,7 +330,11 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
     learning_rate = check_positive("learning_rate", learning_rate)
     warmup_steps = (min(1000, num_steps // 10) if warmup_steps is None
                     else check_int("warmup_steps", warmup_steps, minimum=0))
+    if warmup_steps > num_steps:
+        raise ValueError(f"warmup_steps must be <= num_steps ({num_steps}), got {warmup_steps}")
     final_lr_fraction = check_nonnegative("final_lr_fraction", final_lr_fraction)
+    if final_lr_fraction > 1.0:
+        raise ValueError(f"final_lr_fraction must be in [0, 1], got {final_lr_fraction}")
     weight_decay = check_nonnegative("weight_decay", weight_decay)
     clip_norm = check_positive("clip_norm", clip_norm)
     ema_decay = check_nonnegative("ema_decay", ema_decay)
@@ -351,6 +355,8 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
                          f"({chunk_size})")
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be a bool, got {resume!r}")
+    if not isinstance(progress_bar, (bool, np.bool_)):
+        raise TypeError(f"progress_bar must be a bool, got {progress_bar!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if callback is not None:
@@ -615,6 +621,11 @@ def run_training(dataset: str, *, parameterization: str = "eps", num_steps: int 
     check_in("dataset", dataset, datasets.NAMES)
     check_in("parameterization", parameterization, _nn.PARAMETERIZATIONS)
     seed = check_int("seed", seed, minimum=0)
+    num_steps = check_int("num_steps", num_steps)  # checked again by fit_score; here before the
+    batch_size = check_int("batch_size", batch_size)  # data set is made
+    learning_rate = check_positive("learning_rate", learning_rate)
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path (str or os.PathLike), got {type(out).__name__}")
     out = os.path.abspath(os.fspath(out))
     key = jax.random.key(seed)
     k_data, k_model, k_fit = jax.random.split(key, 3)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scoresample.base import check_int
 from scoresample.diagnostics.summary import overview, settings_of, summary, zscores
 
 __all__ = ["report", "figure_to_img", "plot_images"]
@@ -221,6 +222,9 @@ def report(dt_or_dict, path, reference=None, *, title: str = "scoresample report
     Example:
         >>> report({"fors": dt_fors, "nuts": dt_nuts}, "out/report.html")
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    max_plot_components = check_int("max_plot_components", max_plot_components)
     sections = _runs(dt_or_dict)
     path = Path(path).expanduser()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

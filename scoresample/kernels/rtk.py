@@ -57,6 +57,7 @@ from scoresample.base import (
     check_in,
     check_int,
     check_key,
+    check_position,
     check_positive,
 )
 from scoresample.kernels.baselines import ei_table
@@ -145,6 +146,8 @@ class RTKInfo(NamedTuple):
 
 def init(position, logdensity_fn: Callable) -> RTKState:
     """Evaluate the log-density and its gradient at ``position`` (array or pytree)."""
+    check_position("position", position)
+    check_callable("logdensity_fn", logdensity_fn)
     logdensity, grad = jax.value_and_grad(logdensity_fn)(position)
     return RTKState(position, logdensity, grad)
 

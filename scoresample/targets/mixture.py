@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from scoresample.base import check_array, check_int, check_key
+from scoresample.base import check_array, check_int, check_key, check_nonnegative
 from scoresample.processes import alpha as _alpha
 from scoresample.processes import sigma2 as _sigma2
 
@@ -28,7 +28,7 @@ class GaussianMixture:
     """sum_k w_k N(mu_k, S_k), optionally embedded in R^d by an orthonormal ``basis`` (d, k).
 
     Args:
-        weights: (K,) positive, normalised here.
+        weights: (K,) positive, summing to 1 (to within 1e-6; renormalised exactly here).
         means: (K, k) component means (in R^k when ``basis`` is given, else k = d).
         covs: (K, k, k) symmetric positive-definite covariances.
         basis: optional (d, k) with orthonormal columns.
@@ -42,6 +42,9 @@ class GaussianMixture:
         weights = check_array("weights", weights, ndim=1).astype(np.float64)
         if np.any(weights <= 0):
             raise ValueError("weights must be positive")
+        if abs(float(weights.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got sum {float(weights.sum())!r} "
+                             "(pass w / w.sum() to normalise)")
         means = check_array("means", means, ndim=2).astype(np.float64)
         num_components, k = means.shape
         if weights.shape[0] != num_components:
@@ -103,6 +106,7 @@ class GaussianMixture:
         """n exact draws of X_t (default t = 0), shape (n, d)."""
         check_key("rng_key", rng_key)
         n = check_int("n", n)
+        t = check_nonnegative("t", t)
         key_c, key_z, key_e = jax.random.split(rng_key, 3)
         comp = jax.random.choice(key_c, self.num_components, (n,), p=self.weights)
         z = jax.random.normal(key_z, (n, self.latent_dim), dtype=self.means_latent.dtype)
@@ -117,6 +121,13 @@ class GaussianMixture:
     # ----- log p_t, score, energy ---------------------------------------------------------------
     def _component_terms(self, x, t):
         """Per component: log w_k - 0.5 r^T C^-1 r - 0.5 logdet C, and C^-1 r, with r = x - a mu_k."""
+        if jnp.shape(x) != (self.dim,):
+            raise ValueError(f"x must be one point of shape ({self.dim},), got shape {jnp.shape(x)} "
+                             "(use jax.vmap for a batch)")
+        if isinstance(t, (int, float, np.ndarray, np.generic)) and not isinstance(t, bool):
+            if not np.all(np.asarray(t) >= 0):  # a concrete time (traced times are not checked)
+                raise ValueError(f"t must be >= 0, got {t}")
+        x = jnp.asarray(x)
         t = jnp.asarray(t, dtype=x.dtype)
         a = jnp.exp(-t)
         s2 = -jnp.expm1(-2.0 * t)

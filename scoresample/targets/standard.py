@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from scoresample.base import check_int
 from scoresample.targets.mixture import GaussianMixture
 
 __all__ = ["four_modes_2d", "subspace_mixture", "two_modes_1d", "BENCHMARK_MIXTURES"]
@@ -18,6 +19,8 @@ def four_modes_2d() -> GaussianMixture:
 
 def subspace_mixture(dim: int = 16, seed: int = 0) -> GaussianMixture:
     """The same four-mode 2-D mixture embedded in R^dim by a fixed random orthonormal basis."""
+    dim = check_int("dim", dim, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
     base = four_modes_2d()
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((dim, 2)))
