@@ -21,6 +21,7 @@ This interface is stable: add keys to the dicts, do not rename them.
 from __future__ import annotations
 
 import datetime
+import time
 import os
 import platform
 import shlex
@@ -75,6 +76,22 @@ def exact_floor(mixture, num_samples: int, rng_key) -> dict:
     """:func:`evaluate` of ``num_samples`` exact draws: the score of a perfect sampler."""
     key_draw, key_eval = jax.random.split(rng_key)
     return evaluate(mixture.sample(key_draw, num_samples), mixture, key_eval)
+
+
+def run_cell(key, method: str, mixture, nfe: int, num_samples: int, seeds: int, run_method):
+    """One table cell: ``run_method(key, method, mixture, nfe, num_samples * seeds)`` timed, its
+    samples cut into ``seeds`` groups of ``num_samples`` and each group scored by :func:`evaluate`.
+
+    Returns ``(result, per_seed, wall_seconds)``.
+    """
+    tic = time.perf_counter()
+    res = run_method(key, method, mixture, nfe, num_samples * seeds)
+    samples = np.asarray(res.samples)
+    wall = time.perf_counter() - tic
+    per_seed = [evaluate(samples[s * num_samples:(s + 1) * num_samples], mixture,
+                         jax.random.fold_in(jax.random.fold_in(key, 7), s))
+                for s in range(seeds)]
+    return res, per_seed, wall
 
 
 def summarize(per_seed: list[dict], key: str, fmt: str = "{:.4f}") -> str:

@@ -42,7 +42,8 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from common import METRICS, evaluate, exact_floor, markdown_table, summarize, write_report  # noqa: E402
+from common import (METRICS, evaluate, exact_floor, markdown_table, run_cell, summarize,  # noqa: E402
+                    write_report)
 
 from scoresample import diffusion, targets  # noqa: E402
 
@@ -158,13 +159,7 @@ def main(argv=None):
         for m_index, method in enumerate(methods):
             for nfe in budgets:
                 key = jax.random.fold_in(jax.random.fold_in(base_key, m_index), nfe)
-                tic = time.perf_counter()
-                res = run_method(key, method, mixture, nfe, n * seeds)
-                samples = np.asarray(res.samples)
-                wall = time.perf_counter() - tic
-                per_seed = [evaluate(samples[s * n:(s + 1) * n], mixture,
-                                     jax.random.fold_in(jax.random.fold_in(key, 7), s))
-                            for s in range(seeds)]
+                res, per_seed, wall = run_cell(key, method, mixture, nfe, n, seeds, run_method)
                 info = res.info
                 extra = dict(
                     energy=float(np.sum(np.asarray(info.num_energy_evals), axis=0).mean())
