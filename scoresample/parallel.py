@@ -57,8 +57,8 @@ def particle_time_mesh(num_particles: int, time_size: int | None = None,
 
     Among the splits P x T of the devices with P dividing ``num_particles`` and T dividing
     ``time_size`` (T = 1 without a time axis), the one with the most particle groups P is chosen.
-    Returns None on one device or when no split divides evenly (the run then stays replicated
-    rather than padding, so that results never depend on the device count).
+    Returns None on one device or when no split divides evenly: the run is then not sharded and
+    runs on one device, rather than padding, so that results never depend on the device count.
     """
     devices = jax.devices() if devices is None else list(devices)
     num_devices = len(devices)
