@@ -54,7 +54,7 @@ def run_one(post, method: str, preconditioner: str, args, thin: int = 1) -> dict
     import numpy as np
 
     from scoresample import posteriordb
-    from scoresample.sample import sample
+    from scoresample.bayes import sample
 
     key = jax.random.fold_in(jax.random.key(args.seed), zlib.crc32(post.name.encode()) % (2**31))
     t0 = time.perf_counter()
@@ -107,6 +107,9 @@ def run_one(post, method: str, preconditioner: str, args, thin: int = 1) -> dict
     }
     if "clip_rate" in stats.data_vars:
         out["clip_rate"] = float(np.mean(stats["clip_rate"].values))
+    for name in ("prox_rejected", "is_prox_rejected"):  # FORS's prox test, if sample reports it
+        if name in stats.data_vars:
+            out["prox_rejection_rate"] = float(np.mean(stats[name].values))
     return out
 
 
@@ -222,8 +225,8 @@ def render(results: dict, args):
                 lines.append(f"| {p} | {c} | {_why(r)} |")
     lines += ["", "## Details", "",
               "| posterior | method | thin | min ESS | max R-hat | grads/draw | step size | accept | "
-              "clip rate | divergent | Laplace curvature | wall (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "clip rate | divergent | Laplace curvature | wall (s) | run (UTC) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in posteriors:
         for c in columns:
             r = table.get((p, c))
@@ -235,7 +238,7 @@ def render(results: dict, args):
                          f"{r['max_r_hat']:.3f} | "
                          f"{r['grads_per_draw']:.1f} | {r['step_size']:.3g} | {r['acceptance']:.2f} | "
                          f"{clip} | {r['divergent']} | {'' if curv is None else f'{curv:.3g}'} | "
-                         f"{r['wall_total']:.0f} |")
+                         f"{r['wall_total']:.0f} | {r.get('date', 'earlier (undated)')} |")
     lines += ["", "## Commands", "", "```"] + commands + ["```", "",
               f"Machine: {platform.machine()}, Python {platform.python_version()}, "
               f"{os.cpu_count()} cores shared with other jobs (wall times are loaded-machine times).",
@@ -363,7 +366,8 @@ def main(argv=None):
                     r.update(posterior=name, method=method, preconditioner=preconditioner,
                              dim=post.dim, command=command, num_chains=args.num_chains,
                              num_warmup=args.num_warmup, num_draws=args.num_draws, seed=args.seed,
-                             budget=args.budget)
+                             budget=args.budget, date=datetime.datetime.now(
+                                 datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
                     results[key] = r
                     save_results(results_path, results)
                     if "error" in r:

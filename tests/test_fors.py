@@ -5,6 +5,7 @@ reverse kernel of a 1-D mixture, the cost of early rejection); Monte Carlo z-sco
 elsewhere (|z| < 4.5).
 """
 
+import functools
 import math
 
 import blackjax
@@ -285,9 +286,10 @@ def test_fors_diffusion_sample_on_two_modes():
     mean = a * float(mix.mean[0])
     var = a**2 * float(mix.cov[0, 0]) + s2
     assert abs(x.mean() - mean) / math.sqrt(var / n) < Z_MAX
-    # nfe is the mean over particles of the executed evaluations
-    per_particle = np.sum(np.asarray(res.info.num_grad_evals), axis=0)
-    assert res.nfe == pytest.approx(per_particle.mean())
+    # nfe is what the vmapped batch executed: every step counts its slowest particle's evaluations
+    assert res.nfe == float(np.sum(np.asarray(res.info.num_grad_evals)))
+    assert res.nfe == res.rounds  # chunk_size = 1: one evaluation per round
+    assert res.nfe_needed < res.nfe
     assert res.settings["num_steps"] == res.info.num_grad_evals.shape[0]
     rates = F.pooled_rates(res.info)
     assert rates["overflow_rate"] == 0.0 and rates["clip_rate"] < 1e-2
@@ -457,7 +459,112 @@ def test_fors_proximal_never_returns_nan():
     assert np.all(np.isfinite(np.asarray(states.position)))
     assert bool(jnp.any(infos.is_divergent))
     moved = np.asarray(infos.is_accepted)
-    assert not np.any(moved & np.asarray(infos.is_divergent))
+    # a step without rescue steps that met a NaN did not move (with rescue steps, one of them may
+    # meet a NaN and keep its point while another one moves)
+    alone = np.asarray(infos.num_substeps) == 0
+    assert not np.any(moved & np.asarray(infos.is_divergent) & alone)
+
+
+_PROX_VAR = np.array([1.0, 2.0])
+
+
+@functools.lru_cache(maxsize=1)
+def _prox_chains():
+    """One compiled program for the prox-test tests: 32 chains of 600 FORS-proximal steps on 2-D
+    targets, with the step size, tolerance, number of rescue steps and the target traced.
+
+    ``is_quartic``: V = sum x^4 / 4 + x^2 / 2, whose curvature 3 x^2 + 1 grows without bound (like
+    eight schools in theta_trans at large tau), so a step tuned near 0 meets eta L >> 1 further
+    out; otherwise N(0, diag(1, 2)).
+    """
+
+    @jax.jit
+    def run(key, starts, step_size, tolerance, num_substeps, is_quartic):
+        def grad_fn(x):
+            return jnp.where(is_quartic, -(x**3 + x), -x / jnp.asarray(_PROX_VAR))
+
+        algo = scoresample.fors(grad_fn=grad_fn, step_size=step_size, prox_tolerance=tolerance,
+                                num_substeps=num_substeps)
+
+        def one(k, x0):
+            return blackjax.util.run_inference_algorithm(k, algo, 600, initial_position=x0)[1]
+
+        return jax.vmap(one)(jax.random.split(key, 32), starts)
+
+    return run
+
+
+@pytest.mark.slow
+def test_fors_prox_test_keeps_x_where_the_prox_diverges():
+    # from X = (1.5, 1.5) with eta = 0.5, eta L = 3.9: for most Y the iteration x+ <- T(x+) runs
+    # off. Without rescue steps, a rejected step must keep X exactly
+    x0 = jnp.full((32, 2), 1.5)
+    states, info = _prox_chains()(jax.random.key(17), x0, 0.5, 1.0, 0, True)
+    position = np.asarray(states.position)
+    before = np.concatenate([np.asarray(x0)[:, None, :], position[:, :-1]], axis=1)
+    rejected = np.asarray(info.is_prox_rejected)
+    assert 0.2 < rejected[:, 0].mean() < 0.99  # both outcomes at the first step
+    np.testing.assert_array_equal(rejected, np.asarray(info.prox_residual) > 1.0)
+    # a rejected step keeps X exactly, runs no FORS, is flagged but not divergent, and its two
+    # gradients (one prox iteration, then g) are counted
+    assert np.all(position[rejected] == before[rejected])
+    assert not np.any(np.asarray(info.is_accepted)[rejected])
+    assert not np.any(np.asarray(info.is_divergent))
+    assert np.all(np.asarray(info.num_coins)[rejected] == 0)
+    assert np.all(np.asarray(info.num_proposals)[rejected] == 0)
+    assert np.all(np.asarray(info.num_grad_evals)[rejected] == 2)
+    assert np.all(np.asarray(info.num_proposals)[~rejected] >= 1)
+    assert np.all(np.asarray(info.num_substeps) == 0)
+    # warmup: a rejected step pulls the step size down like a divergent one
+    stat = np.asarray(F.warmup_statistic(info, 1.0, 0.25))
+    assert np.all(stat[rejected] == 0.0)
+    assert F.pooled_rates(info)["prox_rejection_rate"] == pytest.approx(rejected.mean())
+    # every chain stays where the target lives
+    assert np.max(np.abs(position)) < 4.0
+
+    # without the test (a tolerance it never meets before the chain has left) the clipped FORS
+    # accepts far-away proposals: the chains run away
+    states, info = _prox_chains()(jax.random.key(17), x0, 0.5, 1e300, 0, True)
+    assert np.max(np.abs(np.asarray(states.position))) > 1e3
+
+
+@pytest.mark.slow
+def test_fors_rescue_steps_move_a_chain_the_prox_test_would_hold():
+    # at X = (3, 3) (eta L = 14) almost every Y fails the test: with num_substeps = 0 a chain
+    # stays put for hundreds of steps; four rescue steps on pi(x | Y), of size eta L ~ 1/4,
+    # bring every chain back towards the mode within 40 steps
+    x0 = jnp.full((32, 2), 3.0)
+    states, info = _prox_chains()(jax.random.key(21), x0, 0.5, 1.0, 0, True)
+    assert np.mean(np.all(np.asarray(states.position)[:, 39] == 3.0, axis=-1)) > 0.5
+    states, info = _prox_chains()(jax.random.key(21), x0, 0.5, 1.0, 4, True)
+    position = np.asarray(states.position)
+    assert np.all(np.abs(position[:, 39]) < 2.0), position[:, 39]
+    rejected = np.asarray(info.is_prox_rejected)
+    substeps = np.asarray(info.num_substeps)
+    assert rejected[:, 0].all()
+    np.testing.assert_array_equal(substeps, np.where(rejected, 4, 0))
+    # each rescue step costs at least its two prox gradients, and they are counted
+    assert np.all(np.asarray(info.num_grad_evals)[rejected] >= 2 + 4 * 2)
+    assert not np.any(np.asarray(info.is_divergent))
+
+
+@pytest.mark.slow
+def test_fors_prox_rejections_keep_a_gaussian_invariant():
+    # rejections that depend on Y only leave pi invariant, and so do the rescue steps on pi(x | Y):
+    # on N(0, diag(1, 2)) with eta = 0.1 the residual is |T(x+) - x+| / sqrt(eta) =
+    # eta^1.5 |Y_i| / var_i per coordinate, so a tolerance of 0.03 rejects the steps with large
+    # |Y| (about 40% of them). That must not change the law (a rule that looked at X would: large
+    # |X| would then stay and inflate the variance). The clip rate is far below the Monte Carlo
+    # error.
+    start = (jax.random.normal(jax.random.key(19), (32, 2))
+             * jnp.sqrt(jnp.asarray(_PROX_VAR))[None, :])
+    for num_substeps in (0, 4):
+        states, infos = _prox_chains()(jax.random.key(20), start, 0.1, 0.03, num_substeps, False)
+        rates = F.pooled_rates(infos)
+        assert 0.2 < rates["prox_rejection_rate"] < 0.6, rates
+        assert rates["clip_rate"] < 2e-3 and rates["divergent_rate"] == 0.0, rates
+        draws = np.asarray(states.position)
+        _check_moments(draws, np.zeros(2), _PROX_VAR, _ess(draws))
 
 
 def test_bad_inputs_raise_before_compiling():
@@ -485,6 +592,10 @@ def test_bad_inputs_raise_before_compiling():
         scoresample.fors(logdensity, 0.1, num_prox_steps=-1)
     with pytest.raises(ValueError, match="max_proposals"):
         scoresample.fors(logdensity, 0.1, max_proposals=0)
+    with pytest.raises(ValueError, match="prox_tolerance"):
+        scoresample.fors(logdensity, 0.1, prox_tolerance=0.0)
+    with pytest.raises(ValueError, match="num_substeps"):
+        scoresample.fors(logdensity, 0.1, num_substeps=-1)
     algo = scoresample.fors(logdensity, 0.1, inverse_mass_matrix=np.ones(3))
     with pytest.raises(ValueError, match="position"):
         algo.init(jnp.array([0.0, jnp.nan, 1.0]))

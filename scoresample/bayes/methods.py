@@ -236,7 +236,8 @@ def _build_ula(logdensity_fn, step_size, **options):
     return ula(logdensity_fn, step_size)
 
 
-_FORS_BUILD = ("num_prox_steps", "max_proposals", "max_poisson", "chunk_size")
+_FORS_BUILD = ("num_prox_steps", "max_proposals", "max_poisson", "chunk_size", "prox_tolerance",
+               "num_substeps")
 
 
 def _build_fors(logdensity_fn, step_size, **options):
@@ -382,7 +383,8 @@ METHODS: dict[str, Method] = {
         initial_step_size=lambda dim, lam: 1.0 / (lam * math.sqrt(dim)),
         grad_evals_fn=lambda i: i.num_grad_evals,
         acceptance_fn=_acceptance, divergent_fn=lambda i: i.is_divergent | i.is_overflow,
-        extra_stats=(("clip_rate", lambda i: i.clip_rate), ("is_overflow", lambda i: i.is_overflow)),
+        extra_stats=(("clip_rate", lambda i: i.clip_rate), ("is_overflow", lambda i: i.is_overflow),
+                     ("prox_rejected", lambda i: i.is_prox_rejected)),
         warmup_reject=_fors_reject, first_step_factor=1.0, uses_value=False, init_grad_evals=0,
         description="FORS-proximal (gradients only); step tuned on the estimates' RMS "
                     "(kernels.fors.warmup_statistic)"),

@@ -19,7 +19,10 @@ Two samplers are built on it:
   ``jax.grad(logdensity_fn)`` (or a user's ``grad_fn``):
   Y = X + sqrt(eta) xi;  x+ <- Y, then m times x+ <- Y - eta grad V(x+);  g = grad V(x+),
   x_hat = Y - eta g;  FORS with q = N(x_hat, eta I) and grad w(x) = g - grad V(x) returns X'.
-  The exact conditional pi(x | Y) is proportional to q(x) exp(w(x)). Options: a metric
+  The exact conditional pi(x | Y) is proportional to q(x) exp(w(x)). When the prox iteration has
+  not converged (|x_hat - x+| above ``prox_tolerance`` proposal sds, a function of Y only) the step
+  keeps X and moves it by a few smaller proximal steps on pi(x | Y), which leaves pi invariant
+  (the argument is in :func:`build_kernel`). Options: a metric
   (``inverse_mass_matrix``) and a curvature term in the proposal (see :func:`build_kernel`);
   :func:`fors_warmup` finds the mode by gradient descent, a Hessian metric and the step size.
 - :func:`fors_diffusion_plan` (method "fors" of :mod:`scoresample.diffusion`), the reverse diffusion
@@ -56,6 +59,7 @@ from scoresample.base import (
     check_int,
     check_key,
     check_nonnegative,
+    check_position,
     check_positive,
 )
 
@@ -232,17 +236,21 @@ def pooled_rates(infos) -> dict:
 
     The per-step ``acceptance_rate`` (is_accepted / num_proposals) averaged over steps is biased upward:
     the unbiased FORS acceptance is sum(is_accepted) / sum(num_proposals); likewise the clip rate is
-    sum(num_clipped) / sum(num_coins). Works on stacked infos of either FORS kernel.
+    sum(num_clipped) / sum(num_coins). Works on stacked infos of either FORS kernel (FORS-proximal
+    adds ``prox_rejection_rate``, the fraction of steps whose prox test failed).
     """
     accepted = float(np.sum(np.asarray(infos.is_accepted)))
     proposals = float(np.sum(np.asarray(infos.num_proposals)))
     clipped = float(np.sum(np.asarray(infos.num_clipped)))
     coins = float(np.sum(np.asarray(infos.num_coins)))
     evals = float(np.sum(np.asarray(infos.num_grad_evals)))
-    return dict(acceptance=accepted / max(proposals, 1.0), clip_rate=clipped / max(coins, 1.0),
-                evals_per_step=evals / max(np.asarray(infos.num_grad_evals).size, 1),
-                overflow_rate=float(np.mean(np.asarray(infos.is_overflow))),
-                divergent_rate=float(np.mean(np.asarray(infos.is_divergent))))
+    out = dict(acceptance=accepted / max(proposals, 1.0), clip_rate=clipped / max(coins, 1.0),
+               evals_per_step=evals / max(np.asarray(infos.num_grad_evals).size, 1),
+               overflow_rate=float(np.mean(np.asarray(infos.is_overflow))),
+               divergent_rate=float(np.mean(np.asarray(infos.is_divergent))))
+    if hasattr(infos, "is_prox_rejected"):  # FORS-proximal only
+        out["prox_rejection_rate"] = float(np.mean(np.asarray(infos.is_prox_rejected)))
+    return out
 
 
 # =============================================================================================
@@ -261,13 +269,14 @@ class FORSInfo(NamedTuple):
 
     ``acceptance_rate`` is this step's is_accepted / num_proposals; pool over steps with
     :func:`pooled_rates` (ratio of sums). ``w_rms`` is the root mean square of the raw estimates
-    (0 when no coin was flipped), the statistic the warmup tunes on.
+    (0 when no coin was flipped), the statistic the warmup tunes on. A step that ran no FORS (a
+    non-finite gradient, or the prox test of :func:`build_kernel` failed) has ``num_proposals`` 0.
     """
 
     num_grad_evals: Array  # int32: prox gradients + 1 + executed estimator evaluations
     acceptance_rate: Array  # float
     is_accepted: Array  # bool: the chain moved
-    is_divergent: Array  # bool: a non-finite gradient was met; the chain kept its position
+    is_divergent: Array  # bool: a non-finite gradient was met; that (sub)step kept its position
     clip_rate: Array  # float: num_clipped / num_coins (0 without coins)
     num_proposals: Array  # int32
     is_overflow: Array  # bool: a fixed maximum was hit; the chain kept its position
@@ -275,6 +284,9 @@ class FORSInfo(NamedTuple):
     num_coins: Array  # int32
     w_rms: Array  # float
     num_rounds: Array  # int32: sequential rounds of gradient evaluation in this step
+    prox_residual: Array  # float: |T(x+) - x+| in proposal sds (inf when not finite)
+    is_prox_rejected: Array  # bool: the residual exceeded prox_tolerance at Y (no FORS at Y)
+    num_substeps: Array  # int32: rescue steps on pi(x | Y) run after a rejection (0 otherwise)
 
 
 def _grad_flat(logdensity_fn, grad_fn, unravel):
@@ -332,6 +344,7 @@ def init(position, logdensity_fn=None, rng_key=None, *, grad_fn=None) -> FORSSta
     Nothing is evaluated: the gradient's output structure is checked abstractly (``jax.eval_shape``).
     """
     del rng_key
+    check_position("position", position)
     flat, unravel = ravel_pytree(position)
     if not isinstance(flat, jax.core.Tracer):
         check_array("position", flat, ndim=1)
@@ -348,7 +361,7 @@ def init(position, logdensity_fn=None, rng_key=None, *, grad_fn=None) -> FORSSta
 
 
 def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: int = 20,
-                 chunk_size: int = 1):
+                 chunk_size: int = 1, prox_tolerance: float | None = 1.0, num_substeps: int = 4):
     """Build the FORS-proximal kernel ``kernel(rng_key, state, logdensity_fn, step_size, clip=1.0,
     inverse_mass_matrix=None, curvature=0.0, *, grad_fn=None) -> (state, info)``.
 
@@ -359,7 +372,9 @@ def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: 
         Y = X + sqrt(eta) M^{1/2} xi
         T(x) = (Y + kappa eta x - eta M grad V(x)) / (1 + kappa eta)
         x+ <- Y;  repeat num_prox_steps times: x+ <- T(x+)                     (approximate prox)
-        g = grad V(x+);  x_hat = T(x+);  q = N(x_hat, eta M / (1 + kappa eta))
+        g = grad V(x+);  x_hat = T(x+);  q = N(x_hat, Sigma),  Sigma = eta M / (1 + kappa eta)
+        r = |x_hat - x+|_{Sigma^-1};  if r > prox_tolerance: no FORS at Y (is_prox_rejected),
+            X' <- X, then num_substeps rescue steps on pi(x | Y) (below)
         FORS for pi(x | Y) ~ q(x) exp(w(x)), grad w(x) = g - grad V(x) + kappa M^-1 (x - x+):
             candidate x = x_hat + u, u ~ q - x_hat; per coin r ~ U, z ~ q - x_hat,
             a = sin(pi r/2), b = cos(pi r/2), gamma = x_hat + a u + b z,
@@ -370,20 +385,69 @@ def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: 
     step with that Hessian): on a Gaussian target with M its covariance, w is constant and any eta
     works; in general W scales with the Hessian's deviation from M^-1 instead of the Hessian itself.
     gamma has law q for every r and gamma_dot is independent of it, so E[W | x] = w(x) - E_q w. (With
-    M = L L^T this is the identity-metric kernel on theta = L^-1 x.) Every decision (overflow, a
-    non-finite gradient) depends on Y and fresh randomness only, never on X; keeping X then is still
-    an exact draw from pi(x | Y), so pi stays invariant (up to clipping) and no NaN is returned.
+    M = L L^T this is the identity-metric kernel on theta = L^-1 x.)
+
+    **The prox test.** r is how far the last fixed-point iteration moved the proposal's centre, in
+    proposal standard deviations. Where eta L >> 1 (L the local curvature in the metric M; eight
+    schools at large tau) T is not a contraction, the iterates run off geometrically, the estimates
+    are huge and clipped, and the clipped FORS accepts far-away proposals: the chain runs away. A
+    centre that moved by more than ``prox_tolerance`` sds is not trusted: the step runs no FORS at
+    Y, keeps X and flags ``is_prox_rejected`` (its gradients are counted). With num_prox_steps = 0
+    there is no iteration to test; r is reported and nothing is rejected.
+
+    **Rescue steps.** Keeping X alone leaves a chain that has reached a region where eta L >> 1 for
+    every Y stuck there (measured: eight schools at large tau). So after a rejection the kernel runs
+    ``num_substeps`` proximal steps of a smaller size on the conditional pi(x | Y) itself, started
+    from X: Y2 = X' + sqrt(eta2) M^{1/2} xi, then X' <- the same FORS step (with its own test, keep
+    X' on failure) for pi(x | Y, Y2) ~ exp(-V(x) - |x - Y|^2 / (2 eta) - |x - Y2|^2 / (2 eta2)),
+    a restricted Gaussian step with 1/eta_e = 1/eta + 1/eta2 and centre (eta2 Y + eta Y2) /
+    (eta + eta2). eta_e = eta min(1/4, 1/(4 c)), c the contraction of T measured at Y (the ratio of
+    its last two moves, about eta L), so that eta_e L is about 1/4 where the curvature is.
+
+    **Why keeping X leaves pi invariant.** Take X ~ pi and Y = X + sqrt(eta) M^{1/2} xi. By Bayes,
+    the law of X given Y is pi(x) N(Y; x, eta M) / p(Y) = pi(x | Y), the proximal sampler's
+    conditional. The step returns X' = X on an event E and the FORS draw F otherwise, where E and F
+    are functions of Y and of randomness drawn after Y only (r is a function of Y; the rejection
+    loop uses fresh keys), never of X. So, given Y, E is independent of X, and the law of X given
+    (Y, E) is still pi(x | Y); and F has law pi(x | Y) given (Y, not E) (E is decided before F's
+    fresh randomness is drawn). Hence X' given Y has law pi(x | Y) whatever E is, and X' ~ pi.
+    (Integrating, pi(x) P(x, dx') = int p(y) [(1 - 1_E(y)) pi(x | y) pi(x' | y) dx dx' +
+    1_E(y) pi(x | y) delta_x(dx')] dy is symmetric in (x, x'): the kernel is pi-reversible.) The
+    rescue steps keep this: given Y, X is an exact draw of pi_Y = pi(x | Y), and each rescue step is
+    a proximal-sampler step for the target pi_Y (pi_Y(x) N(Y2; x, eta2 M) is the restricted Gaussian
+    above; its own test depends on (Y, Y2) only), so it leaves pi_Y invariant by the same argument
+    with pi_Y in place of pi; eta_e is a function of Y. So X' given Y still has law pi(x | Y). The
+    same holds for the other decisions: a non-finite gradient at Y, ``max_proposals`` running
+    out, or a non-finite estimate at a rejected candidate (the trials are i.i.d. given Y, so the
+    accepted candidate is independent of what the rejected ones met). What would break it: a test
+    that looks at X (say |X - x+|) or at the accepted candidate's coins (say "reject if a coin was
+    clipped"), or stopping the rescue steps early on what they met. The argument needs F exact, and
+    FORS is exact for the clipped estimator only: the chain's law is pi up to clipping. Measured on
+    eight schools (without rescue steps), rejections also slow the exit from the regions where
+    they are frequent, so a tighter tolerance at a fixed step made the clip bias worse, not
+    better: the test is a guard against divergence, and accuracy comes from a step small enough that
+    few estimates are clipped (see :func:`warmup_statistic`; ``clip_rate`` in the infos).
 
     Args:
         num_prox_steps: iterations of T (m). The proposal's centre only has to be accurate to
             O(sqrt(eta)); on the targets measured m = 1 gave the same estimate spread as m = 3 for
             two fewer gradients per step.
         max_proposals, max_poisson, chunk_size: see :func:`fors_rejection`.
+        prox_tolerance: reject the step when the last prox iteration moved the centre by more than
+            this many proposal sds (default 1: beyond it the estimates are O(1) from the centre's
+            error alone); None never rejects (the kernel before the test existed). May be traced.
+        num_substeps: rescue steps on pi(x | Y) after a rejection (0: just keep X). They cost
+            gradients only on rejected steps (counted in ``num_grad_evals``). May be traced.
     """
     num_prox_steps = check_int("num_prox_steps", num_prox_steps, minimum=0)
     max_proposals = check_int("max_proposals", max_proposals)
     max_poisson = check_int("max_poisson", max_poisson)
     chunk_size = check_int("chunk_size", chunk_size)
+    if not isinstance(num_substeps, jax.core.Tracer):
+        num_substeps = check_int("num_substeps", num_substeps, minimum=0)
+    if prox_tolerance is not None:
+        prox_tolerance = _check_scalar_param("prox_tolerance", prox_tolerance)
+    is_tested = prox_tolerance is not None and num_prox_steps > 0
     half_pi = 0.5 * math.pi
 
     def kernel(rng_key, state: FORSState, logdensity_fn, step_size, clip=1.0,
@@ -391,53 +455,113 @@ def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: 
         x, unravel = ravel_pytree(state.position)
         grad_logp = _grad_flat(logdensity_fn, grad_fn, unravel)
         dim = x.shape[0]
-        apply_m, apply_m_inv, root_m = _metric(inverse_mass_matrix, x.dtype)
-        eta = jnp.asarray(step_size, dtype=x.dtype)
-        kappa = jnp.asarray(curvature, dtype=x.dtype)
-        denom = 1.0 + kappa * eta
-        root = jnp.sqrt(eta / denom)
+        dtype = x.dtype
+        apply_m, apply_m_inv, root_m = _metric(inverse_mass_matrix, dtype)
+        eta = jnp.asarray(step_size, dtype=dtype)
+        kappa = jnp.asarray(curvature, dtype=dtype)
+
+        def m_norm(v):  # |v|_{M^-1}
+            return jnp.sqrt(jnp.maximum(jnp.dot(v, apply_m_inv(v)), 0.0))
+
+        def restricted(key, x_keep, y, eta):
+            """X' ~ pi(x | y) ~ exp(-V(x) - |x - y|^2_{M^-1} / (2 eta)) by FORS, or x_keep when the
+            prox test at y fails (or a non-finite value is met)."""
+            denom = 1.0 + kappa * eta
+            root = jnp.sqrt(eta / denom)
+
+            def newton_map(xp):  # x <- x - Sigma grad F(x), F = V + |x - y|^2_{M^-1} / (2 eta)
+                return (y + kappa * eta * xp + eta * apply_m(grad_logp(xp))) / denom
+
+            x_before, x_prox = jax.lax.fori_loop(
+                0, num_prox_steps, lambda _, c: (c[1], newton_map(c[1])), (y, y))
+            grad_v = -grad_logp(x_prox)
+            x_hat = (y + kappa * eta * x_prox - eta * apply_m(grad_v)) / denom
+            is_finite = all_finite(x_hat) & all_finite(grad_v)
+            # the test: everything here is a function of y (the prox iterates start at y)
+            moved_last = m_norm(jnp.where(is_finite, x_hat - x_prox, 0.0))
+            residual = moved_last * jnp.sqrt(denom / eta)
+            residual = jnp.where(is_finite & jnp.isfinite(residual), residual, jnp.inf)
+            # contraction of T along the last two iterates (about eta L / (1 + kappa eta))
+            moved_before = m_norm(jnp.where(is_finite, x_prox - x_before, 0.0))
+            ratio = jnp.where(moved_before > 0, moved_last / jnp.where(moved_before > 0,
+                                                                          moved_before, 1.0), 0.0)
+            is_rejected = (is_finite & ~(residual <= prox_tolerance) if is_tested
+                           else jnp.zeros((), bool))
+            is_ok = is_finite & ~is_rejected
+
+            def propose_fn(key):
+                return root * root_m(jax.random.normal(key, (dim,), dtype))
+
+            def estimate_fn(key, u):
+                xi = jax.random.normal(key, (dim + 1,), dtype)  # one draw: z and r = Phi(xi_d)
+                r = jax.scipy.special.ndtr(xi[dim])
+                z = root * root_m(xi[:dim])
+                a, b = jnp.sin(half_pi * r), jnp.cos(half_pi * r)
+                offset = a * u + b * z  # gamma - x_hat
+                gamma = x_hat + offset
+                gamma_dot = half_pi * (b * u - a * z)
+                grad_w = grad_v + grad_logp(gamma) + kappa * apply_m_inv((x_hat - x_prox) + offset)
+                return jnp.dot(gamma_dot, grad_w)
+
+            res = fors_rejection(key, propose_fn, estimate_fn, clip, max_proposals=max_proposals,
+                                 max_poisson=max_poisson, chunk_size=chunk_size, is_active=is_ok)
+            x_new = x_hat + res.candidate
+            moved = (res.is_accepted & ~res.is_divergent & ~res.is_overflow & is_ok
+                     & all_finite(x_new))
+            counts = dict(
+                num_grad_evals=jnp.asarray(num_prox_steps + 1, jnp.int32) + res.num_evals,
+                num_rounds=jnp.asarray(num_prox_steps + 1, jnp.int32) + res.num_rounds,
+                num_accepted=moved.astype(jnp.int32),
+                num_proposals=jnp.where(is_ok, res.num_proposals, 0),  # no FORS run, no proposal
+                num_clipped=res.num_clipped, num_coins=res.num_coins, sum_sq=res.sum_sq,
+                is_divergent=res.is_divergent | ~is_finite, is_overflow=res.is_overflow)
+            return jnp.where(moved, x_new, x_keep), is_rejected, residual, ratio, counts
+
         key_y, key_fors = jax.random.split(rng_key)
-        y = x + jnp.sqrt(eta) * root_m(jax.random.normal(key_y, (dim,), x.dtype))
+        y = x + jnp.sqrt(eta) * root_m(jax.random.normal(key_y, (dim,), dtype))
+        x_out, is_rejected, residual, ratio, counts = restricted(key_fors, x, y, eta)
 
-        def newton_map(xp):  # x <- x - Sigma grad F(x), F(x) = V(x) + |x - Y|^2_{M^-1} / (2 eta)
-            return (y + kappa * eta * xp + eta * apply_m(grad_logp(xp))) / denom
+        num_sub = jnp.zeros((), jnp.int32)
+        if is_tested and (isinstance(num_substeps, jax.core.Tracer) or num_substeps > 0):
+            # rescue: X is an exact draw of pi(x | Y); proximal steps of a smaller size eta2 on
+            # that conditional (Y fixed) keep it one. Their restricted Gaussian step combines the
+            # two quadratics: 1/eta_e = 1/eta + 1/eta2, centre (eta2 Y + eta Y2) / (eta + eta2).
+            # eta_e aims at a contraction of 1/4 from the measured one (a function of Y only).
+            shrink = jnp.clip(0.25 / jnp.where(jnp.isfinite(ratio) & (ratio > 0), ratio, 1e4),
+                              1e-4, 0.25)
+            eta_e = eta * shrink
+            eta2 = eta * eta_e / (eta - eta_e)
+            key_sub = jax.random.fold_in(rng_key, 1)
+            todo = jnp.where(is_rejected, num_substeps, 0)
 
-        x_prox = jax.lax.fori_loop(0, num_prox_steps, lambda _, xp: newton_map(xp), y)
-        grad_v = -grad_logp(x_prox)
-        x_hat = (y + kappa * eta * x_prox - eta * apply_m(grad_v)) / denom
-        is_ok = all_finite(x_hat) & all_finite(grad_v)
+            def body(c):
+                j, x_cur, acc = c
+                k_y, k_f = jax.random.split(jax.random.fold_in(key_sub, j))
+                y2 = x_cur + jnp.sqrt(eta2) * root_m(jax.random.normal(k_y, (dim,), dtype))
+                y_bar = (eta2 * y + eta * y2) / (eta + eta2)
+                x_next, _, _, _, cnt = restricted(k_f, x_cur, y_bar, eta_e)
+                acc = {k: (acc[k] | cnt[k]) if acc[k].dtype == bool else acc[k] + cnt[k]
+                       for k in acc}
+                return j + 1, x_next, acc
 
-        def propose_fn(key):
-            return root * root_m(jax.random.normal(key, (dim,), x.dtype))
+            num_sub, x_out, counts = jax.lax.while_loop(
+                lambda c: c[0] < todo, body, (jnp.zeros((), jnp.int32), x_out, counts))
 
-        def estimate_fn(key, u):
-            xi = jax.random.normal(key, (dim + 1,), x.dtype)  # one draw: z and r = Phi(xi_d)
-            r = jax.scipy.special.ndtr(xi[dim])
-            z = root * root_m(xi[:dim])
-            a, b = jnp.sin(half_pi * r), jnp.cos(half_pi * r)
-            offset = a * u + b * z  # gamma - x_hat
-            gamma = x_hat + offset
-            gamma_dot = half_pi * (b * u - a * z)
-            grad_w = grad_v + grad_logp(gamma) + kappa * apply_m_inv((x_hat - x_prox) + offset)
-            return jnp.dot(gamma_dot, grad_w)
-
-        res = fors_rejection(key_fors, propose_fn, estimate_fn, clip, max_proposals=max_proposals,
-                             max_poisson=max_poisson, chunk_size=chunk_size, is_active=is_ok)
-        x_new = x_hat + res.candidate
-        moved = res.is_accepted & ~res.is_divergent & ~res.is_overflow & is_ok & all_finite(x_new)
-        x_out = jnp.where(moved, x_new, x)
         info = FORSInfo(
-            num_grad_evals=jnp.asarray(num_prox_steps + 1, jnp.int32) + res.num_evals,
-            acceptance_rate=_rate(moved.astype(jnp.int32), res.num_proposals),
-            is_accepted=moved,
-            is_divergent=res.is_divergent | ~is_ok,
-            clip_rate=_rate(res.num_clipped, res.num_coins),
-            num_proposals=res.num_proposals,
-            is_overflow=res.is_overflow,
-            num_clipped=res.num_clipped,
-            num_coins=res.num_coins,
-            w_rms=jnp.sqrt(_rate(res.sum_sq, res.num_coins)),
-            num_rounds=jnp.asarray(num_prox_steps + 1, jnp.int32) + res.num_rounds,
+            num_grad_evals=counts["num_grad_evals"],
+            acceptance_rate=_rate(counts["num_accepted"], counts["num_proposals"]),
+            is_accepted=counts["num_accepted"] > 0,
+            is_divergent=counts["is_divergent"],
+            clip_rate=_rate(counts["num_clipped"], counts["num_coins"]),
+            num_proposals=counts["num_proposals"],
+            is_overflow=counts["is_overflow"],
+            num_clipped=counts["num_clipped"],
+            num_coins=counts["num_coins"],
+            w_rms=jnp.sqrt(_rate(counts["sum_sq"], counts["num_coins"])),
+            num_rounds=counts["num_rounds"],
+            prox_residual=residual,
+            is_prox_rejected=is_rejected,
+            num_substeps=num_sub,
         )
         return FORSState(unravel(x_out)), info
 
@@ -474,7 +598,9 @@ def _check_model(logdensity_fn, grad_fn):
 def as_top_level_api(logdensity_fn: Callable | None = None, step_size=None, clip=1.0,
                      inverse_mass_matrix=None, curvature=0.0, *, grad_fn: Callable | None = None,
                      num_prox_steps: int = 1, max_proposals: int = 64,
-                     max_poisson: int | None = None, chunk_size: int = 1) -> SamplingAlgorithm:
+                     max_poisson: int | None = None, chunk_size: int = 1,
+                     prox_tolerance: float | None = 1.0,
+                     num_substeps: int = 4) -> SamplingAlgorithm:
     """FORS-proximal: a high-accuracy MCMC kernel for log-concave targets that uses gradients only.
 
     It only ever differentiates ``logdensity_fn`` (``jax.grad``) and never uses its value, so a
@@ -495,6 +621,10 @@ def as_top_level_api(logdensity_fn: Callable | None = None, step_size=None, clip
         max_proposals: proposals per step before giving up (the chain then stays, ``is_overflow``).
         max_poisson: maximum coins per proposal (default: P(Poisson(2B) > max) < 1e-12).
         chunk_size: estimates evaluated per batched round (1 = fewest evaluations).
+        prox_tolerance: keep X when the last prox iteration moved the proposal's centre by more
+            than this many proposal sds (a diverging prox; see :func:`build_kernel`, which also
+            shows why pi stays invariant); None never rejects.
+        num_substeps: after a rejection, this many smaller proximal steps on pi(x | Y) (0: keep X).
 
     Returns:
         A ``SamplingAlgorithm`` with ``init(position, rng_key=None)`` and ``step(rng_key, state)``;
@@ -516,7 +646,8 @@ def as_top_level_api(logdensity_fn: Callable | None = None, step_size=None, clip
         if isinstance(clip, jax.core.Tracer):
             raise TypeError("max_poisson must be given when clip is traced")
         max_poisson = default_max_poisson(clip)
-    kernel = build_kernel(num_prox_steps, max_proposals, max_poisson, chunk_size)
+    kernel = build_kernel(num_prox_steps, max_proposals, max_poisson, chunk_size, prox_tolerance,
+                          num_substeps)
 
     def init_fn(position, rng_key=None):
         flat = ravel_pytree(position)[0]
@@ -554,13 +685,15 @@ def warmup_statistic(info: FORSInfo, clip, target_w_scale) -> Array:
 
     It decreases as the step grows, equals 1/2 when the raw estimates' RMS is ``target_w_scale`` times
     the clip level B, and is 1/2 (neutral) on a step that flipped no coin, 0 on a divergent or
-    overflowing step. A continuous proxy of the clip rate: a clip is rare (about one estimate in
-    10^3) so the clip indicator alone gives dual averaging almost no signal.
+    overflowing step and on a step whose prox test failed (``is_prox_rejected``: the step is too
+    large for the curvature met there, so those steps pull it down). A continuous proxy of the
+    clip rate: a clip is rare (about one estimate in 10^3) so the clip indicator alone gives dual
+    averaging almost no signal.
     """
     ratio = info.w_rms / (clip * target_w_scale)
     stat = jnp.exp2(-(ratio**2))
     stat = jnp.where(info.num_coins > 0, stat, 0.5)
-    return jnp.where(info.is_divergent | info.is_overflow, 0.0, stat)
+    return jnp.where(info.is_divergent | info.is_overflow | info.is_prox_rejected, 0.0, stat)
 
 
 def _bb_descent(grad_logp, x0, num_steps, first_step):
@@ -613,7 +746,8 @@ def fors_warmup(rng_key, logdensity_fn: Callable | None = None, initial_position
                 target_clip_rate: float = 1e-3, metric: str = "hessian", curvature=None,
                 num_descent_steps: int = 50,
                 max_step_size: float = 100.0, num_prox_steps: int = 1, max_proposals: int = 64,
-                max_poisson: int | None = None, chunk_size: int = 1) -> FORSWarmupResult:
+                max_poisson: int | None = None, chunk_size: int = 1,
+                prox_tolerance: float | None = 1.0, num_substeps: int = 4) -> FORSWarmupResult:
     """Tune FORS-proximal: gradient descent to the mode, a metric, then the step size.
 
     1. ``num_descent_steps`` Barzilai-Borwein steps on V = -log pi (gradients only) bring a far start
@@ -664,7 +798,8 @@ def fors_warmup(rng_key, logdensity_fn: Callable | None = None, initial_position
     if max_poisson is None:
         max_poisson = default_max_poisson(clip)
     init(initial_position, logdensity_fn, grad_fn=grad_fn)  # input checks, nothing evaluated
-    kernel = build_kernel(num_prox_steps, max_proposals, max_poisson, chunk_size)
+    kernel = build_kernel(num_prox_steps, max_proposals, max_poisson, chunk_size, prox_tolerance,
+                          num_substeps)
     flat0, unravel = ravel_pytree(initial_position)
     dim = flat0.shape[0]
 
@@ -703,7 +838,8 @@ def fors_warmup(rng_key, logdensity_fn: Callable | None = None, initial_position
     state, step_size, imm, infos, evals = run(rng_key, flat0)
     parameters = dict(step_size=float(step_size), inverse_mass_matrix=imm, curvature=curvature,
                       clip=clip, num_prox_steps=num_prox_steps, max_proposals=max_proposals,
-                      max_poisson=max_poisson, chunk_size=chunk_size)
+                      max_poisson=max_poisson, chunk_size=chunk_size,
+                      prox_tolerance=prox_tolerance, num_substeps=num_substeps)
     return FORSWarmupResult(state, parameters, infos, evals)
 
 
