@@ -20,6 +20,7 @@ from blackjax.base import SamplingAlgorithm
 
 __all__ = [
     "SamplingAlgorithm",
+    "bind_algorithm",
     "KernelAPI",
     "DiffusionState",
     "DiffusionPlan",
@@ -218,3 +219,21 @@ def check_position(name: str, position):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains non-finite values")
     return position
+
+
+def bind_algorithm(init_fn: Callable, kernel: Callable, *params) -> SamplingAlgorithm:
+    """The top-level ``SamplingAlgorithm`` of a BlackJAX-style kernel with its parameters bound.
+
+    ``init(position, rng_key=None)`` returns ``init_fn(position)`` (the key is accepted, as
+    ``blackjax.util.run_inference_algorithm`` passes one, and unused); ``step(rng_key, state)``
+    returns ``kernel(rng_key, state, *params)``.
+    """
+
+    def init(position, rng_key=None):
+        del rng_key
+        return init_fn(position)
+
+    def step(rng_key, state):
+        return kernel(rng_key, state, *params)
+
+    return SamplingAlgorithm(init, step)

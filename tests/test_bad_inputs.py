@@ -11,6 +11,11 @@
    counted (``sample_stats["diverging"]``, ``DiffusionResult.is_divergent`` and ``info``).
 """
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +64,11 @@ def _nan_start(rng_key):
 
 
 # (id, call, error type, the argument the message must name)
+# a posteriordb folder with no posteriors, so that the name check does not depend on the shared copy
+_EMPTY_DB = tempfile.mkdtemp(prefix="empty_posteriordb_")
+os.makedirs(os.path.join(_EMPTY_DB, "posteriors"))
+atexit.register(shutil.rmtree, _EMPTY_DB, True)
+
 CASES = [
     # ---- scoresample.sample ----
     ("sample-num_chains-bool", lambda: _sample(num_chains=True), TypeError, "num_chains"),
@@ -199,7 +209,8 @@ CASES = [
     ("to_datatree-var_names-length", lambda: diagnostics.to_datatree(
         np.zeros((2, 5, 2)), var_names=["a"]), ValueError, "var_names"),
     # ---- posteriordb ----
-    ("posteriordb-unknown-name", lambda: posteriordb.load("no-such-posterior"), ValueError, "name"),
+    ("posteriordb-unknown-name", lambda: posteriordb.load("no-such-posterior", root=_EMPTY_DB),
+     ValueError, "name"),
     ("posteriordb-name-int", lambda: posteriordb.load(3), TypeError, "name"),
 ]
 

@@ -10,7 +10,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from scoresample.base import SamplingAlgorithm, all_finite, check_callable, check_positive
+from scoresample.base import (KernelAPI, SamplingAlgorithm, all_finite, bind_algorithm,
+                              check_callable, check_positive)
 
 Array = jax.Array
 
@@ -79,17 +80,9 @@ def _ula_top_level(logdensity_fn, step_size) -> SamplingAlgorithm:
         step_size = check_positive("step_size", step_size)
     kernel = _ula_build_kernel()
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return _ula_init(position, logdensity_fn)
+    return bind_algorithm(lambda position: _ula_init(position, logdensity_fn), kernel,
+                          logdensity_fn, step_size)
 
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, logdensity_fn, step_size)
-
-    return SamplingAlgorithm(init_fn, step_fn)
-
-
-from scoresample.base import KernelAPI  # noqa: E402
 
 #: Unadjusted Langevin algorithm, ``ula(logdensity_fn, step_size) -> SamplingAlgorithm``:
 #: x' = x + h grad log pi(x) + sqrt(2 h) xi. Biased for every h > 0 (the bias is O(h)); a baseline.
@@ -162,14 +155,9 @@ def _algorithm(kernel_api, build_args: dict, kernel_args: tuple, logdensity_fn, 
     are fine, unlike the top-level functions that check concrete values)."""
     kernel = kernel_api.build_kernel(**build_args)
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return kernel_api.init(position, logdensity_fn, **(init_kwargs or {}))
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, logdensity_fn, *kernel_args)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    init_kwargs = init_kwargs or {}
+    return bind_algorithm(lambda position: kernel_api.init(position, logdensity_fn, **init_kwargs),
+                          kernel, logdensity_fn, *kernel_args)
 
 
 class MALAInfo(NamedTuple):
@@ -220,14 +208,8 @@ def _build_mala(logdensity_fn, step_size, **options):
         raise ValueError(f"mala takes no options, got {sorted(options)}")
     kernel = _mala_build_kernel()
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return blackjax.mala.init(position, logdensity_fn)
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, logdensity_fn, step_size)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    return bind_algorithm(lambda position: blackjax.mala.init(position, logdensity_fn), kernel,
+                          logdensity_fn, step_size)
 
 
 def _build_ula(logdensity_fn, step_size, **options):

@@ -69,6 +69,7 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
+    bind_algorithm,
     check_in,
     check_int,
     check_positive,
@@ -172,14 +173,7 @@ def as_top_level_api(score_fn: Callable, table: StepTable) -> SamplingAlgorithm:
     """
     kernel = build_kernel()
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return init(position, table)
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, score_fn, table)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    return bind_algorithm(lambda position: init(position, table), kernel, score_fn, table)
 
 
 linear_step = KernelAPI(as_top_level_api, init, build_kernel)

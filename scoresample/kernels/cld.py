@@ -43,6 +43,7 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
+    bind_algorithm,
     check_callable,
     check_in,
     check_int,
@@ -141,14 +142,7 @@ def as_top_level_api(velocity_score_fn: Callable, table: SSCSTable) -> SamplingA
     """
     kernel = build_kernel()
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return init(position)
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, velocity_score_fn, table)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    return bind_algorithm(init, kernel, velocity_score_fn, table)
 
 
 sscs = KernelAPI(as_top_level_api, init, build_kernel)

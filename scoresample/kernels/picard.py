@@ -65,6 +65,7 @@ from scoresample.base import (
     DiffusionState,
     KernelAPI,
     SamplingAlgorithm,
+    bind_algorithm,
     check_callable,
     check_in,
     check_int,
@@ -704,14 +705,8 @@ def as_top_level_api(logdensity_fn: Callable, step_size, num_points: int = 8,
     step_size = check_positive("step_size", step_size)
     kernel = build_kernel(num_points, num_iterations, shard=shard)
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return init(position, logdensity_fn)
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, logdensity_fn, step_size)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    return bind_algorithm(lambda position: init(position, logdensity_fn), kernel, logdensity_fn,
+                          step_size)
 
 
 picard_langevin = KernelAPI(as_top_level_api, init, build_kernel)

@@ -53,6 +53,7 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
+    bind_algorithm,
     check_callable,
     check_in,
     check_int,
@@ -263,14 +264,8 @@ def as_top_level_api(logdensity_fn: Callable, step_size, *, inner: str = "mala",
         friction = _check_step("friction", friction)
     kernel = build_kernel(inner, num_inner_steps)
 
-    def init_fn(position, rng_key=None):
-        del rng_key
-        return init(position, logdensity_fn)
-
-    def step_fn(rng_key, state):
-        return kernel(rng_key, state, logdensity_fn, step_size, inner_step_size, friction)
-
-    return SamplingAlgorithm(init_fn, step_fn)
+    return bind_algorithm(lambda position: init(position, logdensity_fn), kernel, logdensity_fn,
+                          step_size, inner_step_size, friction)
 
 
 rtk = KernelAPI(as_top_level_api, init, build_kernel)

@@ -222,6 +222,8 @@ def load(name: str, root=None) -> Posterior:
         FileNotFoundError: no posteriordb folder at ``root``.
         ValueError: unknown or ambiguous name, or a model without a log-density here.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
     root = find_root(root)
     name = _resolve(name, root)
     info = _posterior_info(root, name)
