@@ -45,10 +45,13 @@ def test_train_passes_its_arguments_to_run_training(monkeypatch):
 def test_errors_are_reported_with_exit_code_2(tmp_path, capsys):
     assert cli.main(["bench", "--posteriordb", str(tmp_path)]) == 2
     assert "not a posteriordb folder" in capsys.readouterr().out
-    assert cli.main(["sample", "--model", "no_such_posterior", "--no-progress"]) == 2
+    (tmp_path / "posteriors").mkdir()
+    assert cli.main(["sample", "--model", "no_such_posterior", "--posteriordb", str(tmp_path),
+                     "--no-progress"]) == 2
     assert "unknown name" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("posteriordb_root")
 def test_sample_writes_draws_and_report(tmp_path, capsys):
     from scoresample import diagnostics
 
@@ -65,6 +68,7 @@ def test_sample_writes_draws_and_report(tmp_path, capsys):
     assert "data:image/png;base64," in page.read_text()
 
 
+@pytest.mark.usefixtures("posteriordb_root")
 def test_resolve_model_kinds():
     model, args, kwargs, ref = cli._resolve_model("eight_schools_numpyro")
     assert model is cli.eight_schools_numpyro and len(args) == 1 and "y" in kwargs and ref is None

@@ -273,6 +273,7 @@ def test_numpyro_eight_schools_with_fors_reports_constrained_sites_by_name():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("posteriordb_root")
 def test_numpyro_eight_schools_with_rtk_matches_posteriordb():
     # the same NumPyro model and pipeline pass the posteriordb rule with RTK
     from scoresample import posteriordb
@@ -288,6 +289,7 @@ def test_numpyro_eight_schools_with_rtk_matches_posteriordb():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("posteriordb_root")
 def test_numpyro_eight_schools_with_fors_matches_posteriordb():
     from scoresample import posteriordb
 
