@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
+from test_inner import _uld_stationary_cov
 
 import scoresample
 from scoresample import diffusion, targets
@@ -68,15 +68,6 @@ def test_rtk_mala_solves_the_gaussian_subproblem(t, eta, energy):
     np.testing.assert_array_equal(info.num_energy_evals, 61 if energy == "exact" else 0)
 
 
-def _uld_subproblem_stationary(precision, tau, gamma):
-    d = precision.shape[0]
-    e, m, c_zg, s_zz, s_zv, s_vv = (float(v) for v in uld_coefficients(tau, gamma))
-    eye = np.eye(d)
-    a = np.block([[eye - c_zg * precision, (m / gamma) * eye], [-(m / gamma) * precision, e * eye]])
-    q = np.block([[s_zz * eye, s_zv * eye], [s_zv * eye, s_vv * eye]])
-    return scipy.linalg.solve_discrete_lyapunov(a, q)[:d, :d]
-
-
 @pytest.mark.parametrize("t,eta", SEGMENTS)
 def test_rtk_uld_solves_the_gaussian_subproblem_within_its_bias(t, eta):
     gauss = targets.Gaussian(DATA_MEAN, DATA_COV)
@@ -87,7 +78,7 @@ def test_rtk_uld_solves_the_gaussian_subproblem_within_its_bias(t, eta):
     mean, cov = subproblem_moments_gaussian(DATA_MEAN, DATA_COV, x, t, eta)
     tau = plan.settings["inner_step_sizes"][0]
     gamma = plan.settings["frictions"][0]
-    stationary = _uld_subproblem_stationary(np.linalg.inv(cov), tau, gamma)
+    stationary = _uld_stationary_cov(np.linalg.inv(cov), tau, gamma)
     # the frozen-gradient chain's mean is exact; its covariance is its own stationary one ...
     mz, cz = _z_scores(samples, mean, stationary)
     assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
