@@ -20,7 +20,6 @@ from blackjax.base import SamplingAlgorithm
 
 __all__ = [
     "SamplingAlgorithm",
-    "bind_algorithm",
     "KernelAPI",
     "DiffusionState",
     "DiffusionPlan",
@@ -34,6 +33,11 @@ __all__ = [
     "check_key",
     "check_bool",
     "check_position",
+    "check_times",
+    "check_parameter",
+    "is_typed_key",
+    "key_bits",
+    "jsonable",
 ]
 
 Array = jax.Array
@@ -125,6 +129,19 @@ def check_positive(name: str, value) -> float:
     return out
 
 
+def check_parameter(name: str, value, *, minimum: str = "positive"):
+    """A kernel parameter that may be traced: concrete values are checked (finite, > 0, or >= 0
+    with ``minimum="nonnegative"``) and returned as floats; traced values (a user's ``jit`` or
+    ``vmap`` over step sizes, or a warmup's dual averaging) pass through unchanged."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, jax.Array) and value.shape == ():
+        value = float(value)
+    if minimum == "nonnegative":
+        return check_nonnegative(name, value)
+    return check_positive(name, value)
+
+
 def check_nonnegative(name: str, value) -> float:
     out = _as_float(name, value)
     if out < 0:
@@ -190,6 +207,15 @@ def check_key(name: str, key) -> Array:
     return key
 
 
+def check_times(t_min, t_max) -> tuple[float, float]:
+    """Check a diffusion time window: 0 < t_min < t_max, both finite; returns the floats."""
+    t_min = check_positive("t_min", t_min)
+    t_max = check_positive("t_max", t_max)
+    if t_min >= t_max:
+        raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
+    return t_min, t_max
+
+
 def check_bool(name: str, value) -> bool:
     """Return ``value`` as a bool, raising TypeError unless it is a Python or NumPy boolean."""
     if not isinstance(value, (bool, np.bool_)):
@@ -221,19 +247,32 @@ def check_position(name: str, position):
     return position
 
 
-def bind_algorithm(init_fn: Callable, kernel: Callable, *params) -> SamplingAlgorithm:
-    """The top-level ``SamplingAlgorithm`` of a BlackJAX-style kernel with its parameters bound.
+# ---------------------------------------------------------------------------------------------
+# Keys and JSON: one helper each for what drivers store in attrs and checkpoints.
+# ---------------------------------------------------------------------------------------------
 
-    ``init(position, rng_key=None)`` returns ``init_fn(position)`` (the key is accepted, as
-    ``blackjax.util.run_inference_algorithm`` passes one, and unused); ``step(rng_key, state)``
-    returns ``kernel(rng_key, state, *params)``.
-    """
 
-    def init(position, rng_key=None):
-        del rng_key
-        return init_fn(position)
+def is_typed_key(key) -> bool:
+    """True for a new-style typed key (``jax.random.key``), False for a raw uint32[2] key."""
+    return hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
 
-    def step(rng_key, state):
-        return kernel(rng_key, state, *params)
 
-    return SamplingAlgorithm(init, step)
+def key_bits(key) -> np.ndarray:
+    """The raw uint32 bits of a typed key or of a legacy uint32[2] key (for records and hashes)."""
+    return np.asarray(jax.random.key_data(key) if is_typed_key(key) else key, dtype=np.uint32)
+
+
+def jsonable(obj):
+    """``obj`` with NumPy and JAX scalars and arrays turned into Python values (dicts and lists
+    recursively, keys as strings); anything else that JSON cannot hold becomes its ``repr``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)

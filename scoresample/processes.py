@@ -26,7 +26,6 @@ __all__ = [
     "GRID_KINDS",
     "li_yan_schedule",
     "default_t_max",
-    "check_times",
     "eps_to_score",
     "x0_to_score",
     "score_to_x0",
@@ -126,14 +125,6 @@ def li_yan_schedule(num_steps: int, c0: float = 2.0, c1: float = 4.0):
 def default_t_max(dim: int, second_moment: float = 1.0, eps: float = 1e-2) -> float:
     """T about 0.5 log((d + m2) / eps^2): where KL(p_T || N(0, I)) is of order eps^2."""
     return 0.5 * math.log((dim + second_moment) / eps**2)
-
-
-def check_times(t_min, t_max) -> tuple[float, float]:
-    t_min = check_positive("t_min", t_min)
-    t_max = check_positive("t_max", t_max)
-    if t_min >= t_max:
-        raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
-    return t_min, t_max
 
 
 # ----- network output conversions --------------------------------------------------------------

@@ -9,8 +9,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from blackjax.base import build_sampling_algorithm
 
-from scoresample.base import (KernelAPI, SamplingAlgorithm, all_finite, bind_algorithm,
+from scoresample.base import (KernelAPI, SamplingAlgorithm, all_finite,
                               check_callable, check_positive)
 
 Array = jax.Array
@@ -80,8 +81,7 @@ def _ula_top_level(logdensity_fn, step_size) -> SamplingAlgorithm:
         step_size = check_positive("step_size", step_size)
     kernel = _ula_build_kernel()
 
-    return bind_algorithm(lambda position: _ula_init(position, logdensity_fn), kernel,
-                          logdensity_fn, step_size)
+    return build_sampling_algorithm(kernel, _ula_init, logdensity_fn, kernel_args=(step_size,))
 
 
 #: Unadjusted Langevin algorithm, ``ula(logdensity_fn, step_size) -> SamplingAlgorithm``:
@@ -150,14 +150,12 @@ class Method:
     description: str = ""
 
 
-def _algorithm(kernel_api, build_args: dict, kernel_args: tuple, logdensity_fn, init_kwargs=None):
+def _algorithm(kernel_api, build_args: dict, kernel_args: tuple, logdensity_fn):
     """A ``SamplingAlgorithm`` from a KernelAPI's ``build_kernel`` and ``init`` (traced parameters
     are fine, unlike the top-level functions that check concrete values)."""
     kernel = kernel_api.build_kernel(**build_args)
 
-    init_kwargs = init_kwargs or {}
-    return bind_algorithm(lambda position: kernel_api.init(position, logdensity_fn, **init_kwargs),
-                          kernel, logdensity_fn, *kernel_args)
+    return build_sampling_algorithm(kernel, kernel_api.init, logdensity_fn, kernel_args=kernel_args)
 
 
 class MALAInfo(NamedTuple):
@@ -208,8 +206,8 @@ def _build_mala(logdensity_fn, step_size, **options):
         raise ValueError(f"mala takes no options, got {sorted(options)}")
     kernel = _mala_build_kernel()
 
-    return bind_algorithm(lambda position: blackjax.mala.init(position, logdensity_fn), kernel,
-                          logdensity_fn, step_size)
+    return build_sampling_algorithm(kernel, blackjax.mala.init, logdensity_fn,
+                                    kernel_args=(step_size,))
 
 
 def _build_ula(logdensity_fn, step_size, **options):

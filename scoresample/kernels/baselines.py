@@ -69,10 +69,11 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
-    bind_algorithm,
+    check_bool,
     check_in,
     check_int,
     check_positive,
+    check_times,
 )
 
 __all__ = [
@@ -173,7 +174,11 @@ def as_top_level_api(score_fn: Callable, table: StepTable) -> SamplingAlgorithm:
     """
     kernel = build_kernel()
 
-    return bind_algorithm(lambda position: init(position, table), kernel, score_fn, table)
+    def init_fn(position, rng_key=None):
+        del rng_key
+        return init(position, table)
+
+    return SamplingAlgorithm(init_fn, lambda rng_key, state: kernel(rng_key, state, score_fn, table))
 
 
 linear_step = KernelAPI(as_top_level_api, init, build_kernel)
@@ -324,16 +329,10 @@ def dpm_solver_pp_table(ts: np.ndarray) -> StepTable:
 # ----- plans ------------------------------------------------------------------------------------
 
 
-def _check_bool(name, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _resolve_times(dim, t_min, t_max):
     t_min = DEFAULT_T_MIN if t_min is None else check_positive("t_min", t_min)
     t_max = processes.default_t_max(dim) if t_max is None else check_positive("t_max", t_max)
-    return processes.check_times(t_min, t_max)
+    return check_times(t_min, t_max)
 
 
 def _make_plan(score_fn, dim: int, table: StepTable, settings: dict) -> DiffusionPlan:
@@ -353,7 +352,7 @@ def _ddpm(score_fn, dim, variance, nfe, c0, c1, denoise, t_min, t_max, method):
     nfe = check_int("nfe", nfe)
     c0 = check_positive("c0", c0)
     c1 = check_positive("c1", c1)
-    denoise = _check_bool("denoise", denoise)
+    denoise = check_bool("denoise", denoise)
     for name, value in (("t_min", t_min), ("t_max", t_max)):
         if value is not None:
             raise ValueError(f"{name} is not an option of {method!r}: its times are those of the Li-Yan "
@@ -403,7 +402,7 @@ def _grid_plan(score_fn, dim, method, nfe, t_min, t_max, grid, denoise, make_tab
     nfe = check_int("nfe", nfe)
     t_min, t_max = _resolve_times(dim, t_min, t_max)
     check_in("grid", grid, processes.GRID_KINDS)
-    denoise = _check_bool("denoise", denoise)
+    denoise = check_bool("denoise", denoise)
     num_intervals = steps_for(nfe)
     ts = processes.time_grid(num_intervals, t_min, t_max, grid)
     table = make_table(ts, nfe)

@@ -43,12 +43,12 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
-    bind_algorithm,
     check_callable,
     check_in,
     check_int,
     check_key,
     check_positive,
+    check_times,
 )
 from scoresample.targets.cld import BETA, GAMMA, MASS_INV, STATIONARY_V_VAR, reverse_linear_flow
 
@@ -142,7 +142,12 @@ def as_top_level_api(velocity_score_fn: Callable, table: SSCSTable) -> SamplingA
     """
     kernel = build_kernel()
 
-    return bind_algorithm(init, kernel, velocity_score_fn, table)
+    def init_fn(position, rng_key=None):
+        del rng_key
+        return init(position)
+
+    return SamplingAlgorithm(init_fn,
+                             lambda rng_key, state: kernel(rng_key, state, velocity_score_fn, table))
 
 
 sscs = KernelAPI(as_top_level_api, init, build_kernel)
@@ -185,7 +190,7 @@ def cld_plan(velocity_score_fn, *, dim: int, nfe: int = 100, t_min: float | None
     nfe = check_int("nfe", nfe)
     t_min = DEFAULT_T_MIN if t_min is None else check_positive("t_min", t_min)
     t_max = DEFAULT_T_MAX if t_max is None else check_positive("t_max", t_max)
-    t_min, t_max = processes.check_times(t_min, t_max)
+    t_min, t_max = check_times(t_min, t_max)
     check_in("grid", grid, processes.GRID_KINDS)
     ts = processes.time_grid(nfe, t_min, t_max, grid)
     table = sscs_table(ts)

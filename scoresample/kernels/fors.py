@@ -59,6 +59,7 @@ from scoresample.base import (
     check_int,
     check_key,
     check_nonnegative,
+    check_parameter,
     check_position,
     check_positive,
 )
@@ -446,7 +447,7 @@ def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: 
     if not isinstance(num_substeps, jax.core.Tracer):
         num_substeps = check_int("num_substeps", num_substeps, minimum=0)
     if prox_tolerance is not None:
-        prox_tolerance = _check_scalar_param("prox_tolerance", prox_tolerance)
+        prox_tolerance = check_parameter("prox_tolerance", prox_tolerance)
     is_tested = prox_tolerance is not None and num_prox_steps > 0
     half_pi = 0.5 * math.pi
 
@@ -568,15 +569,6 @@ def build_kernel(num_prox_steps: int = 1, max_proposals: int = 64, max_poisson: 
     return kernel
 
 
-def _check_scalar_param(name, value):
-    """A positive number; traced values (inside a user's jit or warmup) pass unchecked."""
-    if isinstance(value, jax.core.Tracer):
-        return value
-    if isinstance(value, jax.Array) and value.shape == ():
-        return check_positive(name, float(value))
-    return check_positive(name, value)
-
-
 def _check_curvature(value):
     if isinstance(value, jax.core.Tracer):
         return value
@@ -638,8 +630,8 @@ def as_top_level_api(logdensity_fn: Callable | None = None, step_size=None, clip
     _check_model(logdensity_fn, grad_fn)
     if step_size is None:
         raise TypeError("step_size is required")
-    step_size = _check_scalar_param("step_size", step_size)
-    clip = _check_scalar_param("clip", clip)
+    step_size = check_parameter("step_size", step_size)
+    clip = check_parameter("clip", clip)
     inverse_mass_matrix = _check_inverse_mass_matrix(inverse_mass_matrix)
     curvature = _check_curvature(curvature)
     if max_poisson is None:

@@ -56,6 +56,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from blackjax.base import build_sampling_algorithm
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -65,13 +66,14 @@ from scoresample.base import (
     DiffusionState,
     KernelAPI,
     SamplingAlgorithm,
-    bind_algorithm,
+    check_bool,
     check_callable,
     check_in,
     check_int,
     check_nonnegative,
     check_position,
     check_positive,
+    check_times,
 )
 
 __all__ = [
@@ -307,7 +309,7 @@ def _resolve_grid(dim, num_steps, t_min, t_max, grid):
     num_steps = check_int("num_steps", num_steps)
     t_min = check_positive("t_min", t_min)
     t_max = processes.default_t_max(dim) if t_max is None else check_positive("t_max", t_max)
-    processes.check_times(t_min, t_max)
+    check_times(t_min, t_max)
     check_in("grid", grid, processes.GRID_KINDS)
     return num_steps, t_min, t_max, processes.time_grid(num_steps, t_min, t_max, grid)
 
@@ -364,12 +366,6 @@ def _check_common(score_fn, dim, form):
     return dim
 
 
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a boolean, got {value!r}")
-    return bool(value)
-
-
 def _initial_position(dim):
     def init_position(rng_key):
         return jax.random.normal(rng_key, (dim,), dtype=jnp.result_type(float))
@@ -387,8 +383,8 @@ def _picard_plan(score_fn, *, dim, energy_fn=None, ode, num_steps=1000, num_bloc
     width = max(sizes)
     num_iterations, tol, max_iterations = _resolve_iterations(num_iterations, tol, max_iterations,
                                                               width)
-    sequential = _check_bool("sequential", sequential)
-    shard = _check_bool("shard", shard)
+    sequential = check_bool("sequential", sequential)
+    shard = check_bool("shard", shard)
 
     a_coef, b_coef, c_coef = step_coefficients(ts, ode=ode, form=form)
     tables = [jnp.asarray(x) for x in _block_tables(ts, sizes, a_coef, b_coef, c_coef)]
@@ -511,9 +507,9 @@ def paradigms_plan(score_fn, *, dim, energy_fn=None, num_steps=1000, window=None
     window = check_int("window", 128 if window is None else window)
     window = min(window, num_steps)
     tol = 0.01 if tol is None else check_nonnegative("tol", tol)
-    ode = _check_bool("ode", ode)
-    sequential = _check_bool("sequential", sequential)
-    shard = _check_bool("shard", shard)
+    ode = check_bool("ode", ode)
+    sequential = check_bool("sequential", sequential)
+    shard = check_bool("shard", shard)
 
     a_coef, b_coef, c_coef = step_coefficients(ts, ode=ode, form=form)
     variance = step_coefficients(ts, ode=False, form=form)[2] ** 2
@@ -643,7 +639,7 @@ def build_kernel(num_points: int = 8, num_iterations: int = 4, *, shard: bool = 
     """
     num_points = check_int("num_points", num_points)
     num_iterations = check_int("num_iterations", num_iterations)
-    shard = _check_bool("shard", shard)
+    shard = check_bool("shard", shard)
 
     def kernel(rng_key, state: PicardLangevinState, logdensity_fn: Callable, step_size):
         flat_x, unravel = ravel_pytree(state.position)
@@ -705,8 +701,7 @@ def as_top_level_api(logdensity_fn: Callable, step_size, num_points: int = 8,
     step_size = check_positive("step_size", step_size)
     kernel = build_kernel(num_points, num_iterations, shard=shard)
 
-    return bind_algorithm(lambda position: init(position, logdensity_fn), kernel, logdensity_fn,
-                          step_size)
+    return build_sampling_algorithm(kernel, init, logdensity_fn, kernel_args=(step_size,))
 
 
 picard_langevin = KernelAPI(as_top_level_api, init, build_kernel)

@@ -43,6 +43,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from blackjax.base import build_sampling_algorithm
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -53,11 +54,11 @@ from scoresample.base import (
     KernelAPI,
     SamplingAlgorithm,
     all_finite,
-    bind_algorithm,
     check_callable,
     check_in,
     check_int,
     check_key,
+    check_parameter,
     check_position,
     check_positive,
 )
@@ -106,13 +107,6 @@ RTK_ULD_COV_BIAS = 0.15
 # stationary sd / exact sd - 1 = 1.7%, 2.6%, 3.6%, 5.7%, 10.6% at h lambda = 0.01, 0.5, 1, 2, 4
 # (exact, from the linear chain's covariance recursion). RTK_ULD_SD_BIAS bounds it for h lambda <= 1.
 RTK_ULD_SD_BIAS = 0.04
-
-
-def _check_step(name, value):
-    """A positive step size; traced values (a user's jit or vmap over step sizes) pass through."""
-    if isinstance(value, jax.core.Tracer):
-        return value
-    return check_positive(name, value)
 
 
 # =====================================================================================================
@@ -253,19 +247,19 @@ def as_top_level_api(logdensity_fn: Callable, step_size, *, inner: str = "mala",
         >>> state, info = jax.jit(algo.step)(jax.random.key(0), state)
     """
     check_callable("logdensity_fn", logdensity_fn)
-    step_size = _check_step("step_size", step_size)
+    step_size = check_parameter("step_size", step_size)
     check_in("inner", inner, INNER_SOLVERS)
     num_inner_steps = check_int("num_inner_steps", num_inner_steps)
     if inner_step_size is not None:
-        inner_step_size = _check_step("inner_step_size", inner_step_size)
+        inner_step_size = check_parameter("inner_step_size", inner_step_size)
     if friction is not None:
         if inner != "uld":
             raise ValueError("friction is a parameter of the ULD inner solver; use inner='uld'")
-        friction = _check_step("friction", friction)
+        friction = check_parameter("friction", friction)
     kernel = build_kernel(inner, num_inner_steps)
 
-    return bind_algorithm(lambda position: init(position, logdensity_fn), kernel, logdensity_fn,
-                          step_size, inner_step_size, friction)
+    return build_sampling_algorithm(kernel, init, logdensity_fn,
+                                    kernel_args=(step_size, inner_step_size, friction))
 
 
 rtk = KernelAPI(as_top_level_api, init, build_kernel)
