@@ -28,8 +28,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from common import (METRICS, exact_floor, markdown_table, run_cell, summarize,  # noqa: E402
-                    write_report)
+from common import METRICS, exact_floor, markdown_table, run_cell, summarize, write_report  # noqa: E402
 
 from scoresample import diffusion, targets  # noqa: E402
 from scoresample.targets.cld import CLDMixture  # noqa: E402

@@ -21,19 +21,19 @@ This interface is stable: add keys to the dicts, do not rename them.
 from __future__ import annotations
 
 import datetime
-import time
 import os
 import platform
 import shlex
 import sys
+import time
 
 import jax
 import numpy as np
 
 from scoresample import metrics
 
-__all__ = ["METRICS", "evaluate", "exact_floor", "summarize", "markdown_table", "write_report",
-           "command_line"]
+__all__ = ["METRICS", "evaluate", "exact_floor", "summarize", "mean_sd", "frechet_distance",
+           "markdown_table", "write_report", "command_line"]
 
 # The keys of evaluate()'s dict, in display order, with a short label.
 METRICS = {
@@ -94,12 +94,31 @@ def run_cell(key, method: str, mixture, nfe: int, num_samples: int, seeds: int, 
     return res, per_seed, wall
 
 
-def summarize(per_seed: list[dict], key: str, fmt: str = "{:.4f}") -> str:
-    """'mean ± sd' over seeds of ``key`` (just the value for one seed)."""
-    vals = np.array([d[key] for d in per_seed], dtype=np.float64)
+def mean_sd(values, fmt: str = "{:.4f}") -> str:
+    """'mean ± sd' of ``values`` (just the value when there is one)."""
+    vals = np.asarray(values, dtype=np.float64)
     if vals.size == 1:
         return fmt.format(vals[0])
     return f"{fmt.format(vals.mean())} ± {fmt.format(vals.std(ddof=1))}"
+
+
+def summarize(per_seed: list[dict], key: str, fmt: str = "{:.4f}") -> str:
+    """'mean ± sd' over seeds of ``key`` (just the value for one seed)."""
+    return mean_sd([d[key] for d in per_seed], fmt)
+
+
+def frechet_distance(x, y) -> float:
+    """FID's formula on two feature samples (n, k) and (m, k): the Frechet (2-Wasserstein) distance
+    between the Gaussians with their means and covariances,
+    |mu_x - mu_y|^2 + tr(C_x + C_y - 2 (C_x C_y)^(1/2)). It has a finite-sample bias of order
+    1/n: compare values computed from samples of the same sizes."""
+    import scipy.linalg
+
+    x, y = (np.asarray(v, dtype=np.float64) for v in (x, y))
+    diff = x.mean(0) - y.mean(0)
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = scipy.linalg.sqrtm(cx @ cy)
+    return float(diff @ diff + np.trace(cx + cy - 2.0 * np.real(root)))
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

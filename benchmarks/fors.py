@@ -1,33 +1,46 @@
-"""FORS benchmarks: the cost of FORS-diffusion against the accuracy delta, and FORS-proximal against MALA.
+"""FORS benchmarks: FORS-diffusion at DDPM's price, FORS-proximal chains, and FORS-proximal
+against MALA and NUTS.
 
-Part "diffusion": FORS-diffusion on ``targets.two_modes_1d()`` with exact scores, for several target
-accuracies delta and two schedule constants C (G = C (d* + log(K/delta)) log(K/delta)), against DDPM
-(Li-Yan coefficients) at several budgets. Samples are scored by ``benchmarks/common.py:evaluate``
-against exact draws (energy distance, sliced W2, mode-weight error), beside the exact-versus-exact
-floor, and by the Kolmogorov-Smirnov distance to the exact CDF of p_{t_out} (1-D, so the exact CDF is
-available; its floor is about 0.87 / sqrt(n)). Evaluations per sample (nfe) are those the vmapped batch
-executed (DiffusionResult.nfe), beside what one particle needed alone (nfe_needed); rounds are
-sequential rounds of batched evaluation for the whole batch.
+Part "diffusion" (docs/benchmarks/fors.md): FORS-diffusion with exact scores on
+``targets.two_modes_1d()`` and ``targets.eight_modes_2d()``, default options (the grid chosen by
+the pilot from delta, the autobatching driver with its default lanes):
 
-Part "proximal": FORS-proximal against MALA (blackjax.mala, step tuned by dual averaging to
-acceptance 0.574) and NUTS (blackjax window adaptation) on a correlated Gaussian (d = 20, exact
-moments) and on the Bayesian logistic regression of ``scoresample.models.breast_cancer_logistic``:
-effective sample size (BlackJAX's multi-chain ESS, min and median over coordinates) per gradient
-evaluation of the sampling phase, warmup gradients listed apart, and the largest |z| of the
-posterior means against the truth (or a long NUTS run).
+1. the headline, batch 10,000 at delta = 1e-2 beside DDPM with 1000 steps in the same process:
+   executed and needed score calls per sample, accuracy against exact draws in groups (energy
+   distance, mode-weight error, sliced W2; mean and standard error over groups) beside the
+   exact-versus-exact floor, and wall times. Wall times: "cold" is the first call (compilation
+   included), "warm" the same call again with JAX's persistent compilation cache on (what a
+   user who samples again pays; FORS's grid is data, so another seed hits the cache too);
+2. lanes: executed / needed and wall time against the number of lanes;
+3. cost against delta (1e-1 ... 1e-4) on the 1-D mixture, with the accuracy of DDPM at several
+   budgets beside it;
+4. cost against the ambient dimension d = 2 ... 1024 of ``targets.subspace_mixture(dim=d)``
+   (intrinsic dimension 2), DDPM beside it;
+5. Picard's tolerance mode and ParaDiGMS: executed / needed of their lockstep runs (what
+   autobatching could save).
 
-    python benchmarks/fors.py --parts diffusion   # about 12 min here, writes docs/benchmarks/fors.md
-    python benchmarks/fors.py --parts proximal    # about 8 min, writes docs/benchmarks/fors_proximal.md
-    python benchmarks/fors.py --parts diffusion --fors-small 1e-1,1e-2 --fors-large 1e-1 \
-        --ddpm-nfe 10,100 --accuracy-samples 1000 --out-diffusion /tmp/fors.md   # a quick check
+Part "chains" (appended to docs/benchmarks/fors.md): FORS-proximal chains inside
+``scoresample.sample`` with 4 and 64 chains: evaluations the autobatched chains executed against
+what they needed, and what the lockstep (vmapped, step by step) loop would have executed for the
+same draws (both from the per-draw counts).
+
+Part "proximal" (docs/benchmarks/fors_proximal.md): FORS-proximal against MALA (blackjax.mala,
+step tuned by dual averaging to acceptance 0.574) and NUTS (blackjax window adaptation) on a
+correlated Gaussian (d = 20, exact moments) and on the Bayesian logistic regression of
+``scoresample.models.breast_cancer_logistic``.
+
+    python benchmarks/fors.py --parts diffusion,chains   # about 40 min alone on 2 cores
+    python benchmarks/fors.py --parts diffusion --quick --out-diffusion /tmp/fors.md  # a check
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,151 +57,284 @@ from scipy import stats  # noqa: E402
 
 import scoresample  # noqa: E402
 from scoresample import diffusion, targets  # noqa: E402
-from scoresample.adaptation import dual_averaging_warmup  # noqa: E402
 from scoresample.kernels import fors as F  # noqa: E402
 from scoresample.models import breast_cancer_logistic  # noqa: E402
 
-
 # =============================================================================================
-# Part 1: FORS-diffusion against DDPM on a 1-D two-mode mixture
+# Part 1: FORS-diffusion at DDPM's price
 # =============================================================================================
 
-def ks_to_exact(samples, mixture, t, *, with_pvalue=False):
-    """Kolmogorov-Smirnov distance between 1-D samples and the exact CDF of p_t (and its p-value)."""
+def use_compilation_cache(path):
+    """JAX's persistent compilation cache in ``path``: a second identical call loads its program."""
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def ks_to_exact(samples, mixture, t):
+    """Kolmogorov-Smirnov distance between 1-D samples and the exact CDF of p_t, and its p-value."""
     a, s2 = math.exp(-t), -math.expm1(-2 * t)
     w = np.asarray(mixture.weights)
     mu = a * np.asarray(mixture.means)[:, 0]
     sd = np.sqrt(a**2 * np.asarray(mixture.covs)[:, 0, 0] + s2)
     cdf = lambda x: np.sum(w[:, None] * stats.norm.cdf((x[None, :] - mu[:, None]) / sd[:, None]), 0)
     res = stats.kstest(np.asarray(samples)[:, 0], cdf)
-    return (float(res.statistic), float(res.pvalue)) if with_pvalue else float(res.statistic)
+    return float(res.statistic), float(res.pvalue)
 
 
-def run_reduced(rng_key, method, mixture, num_samples, **options):
-    """``diffusion.sample`` (whose info is reduced over particles, so memory stays O(steps)) and
-    FORS's pooled rates. ``res.nfe`` counts what the vmapped batch executed per sample (every step
-    costs every particle the slowest particle's evaluations); ``res.nfe_needed`` what a particle's
-    own loop needed (what it would cost run alone)."""
-    res = diffusion.sample(rng_key, method, mixture.score, dim=mixture.dim,
-                           num_samples=num_samples, **options)
-    rates = F.pooled_rates(res.info) if hasattr(res.info, "num_proposals") else {}
-    return res, rates
+def grouped(samples, mixture, key, groups):
+    """``evaluate`` on ``groups`` equal groups: mean and standard error of each metric."""
+    n = samples.shape[0] // groups
+    rows = [evaluate(samples[g * n:(g + 1) * n], mixture, jax.random.fold_in(key, g))
+            for g in range(groups)]
+    out = {}
+    for name in ("energy_distance", "mode_weight_error", "sliced_w2"):
+        v = np.array([r[name] for r in rows])
+        out[name] = (float(v.mean()), float(v.std(ddof=1) / math.sqrt(groups)))
+    if mixture.dim == 1:
+        out["ks"] = ks_to_exact(samples, mixture, 0.0)
+    return out
+
+
+def cell(metric):
+    return f"{metric[0]:.5f} ± {metric[1]:.5f}"
+
+
+def sample_timed(key, method, mixture, num_samples, **options):
+    """``diffusion.sample``, called twice (cold, then warm from the compilation cache)."""
+    walls = []
+    for _ in range(2):
+        tic = time.perf_counter()
+        res = diffusion.sample(key, method, mixture.score, dim=mixture.dim,
+                               num_samples=num_samples, **options)
+        jax.block_until_ready(res.samples)
+        walls.append(time.perf_counter() - tic)
+    return res, walls
+
+
+def fors_facts(res):
+    st = res.settings
+    rates = F.pooled_rates(res.info)
+    return dict(steps=st["num_steps"], growth=st["growth"], predicted=st.get("clip_rate_predicted"),
+                clip=rates["clip_rate"], acceptance=rates["acceptance"],
+                pilot=st["nfe_pilot"] / res.samples.shape[0], lanes=st["num_lanes"],
+                overflow=rates["overflow_rate"], divergent=int(np.sum(res.is_divergent)),
+                m2=st.get("second_moment_estimate"))
+
+
+def headline(args, lines):
+    base = jax.random.key(20261201)
+    n, groups = args.batch, args.groups
+    lines += [f"## Headline: batch {n:,}, delta = 1e-2, default options, beside DDPM-1000", "",
+              "Exact scores. FORS: every option at its default (the pilot chooses the grid's "
+              "density G and the second moment; "
+              f"{F.PILOT_GROWTH:g} is the pilot's G; lanes = N / 8). nfe executed = score calls "
+              "the batch ran per sample (every lane of every iteration, idle lanes and the "
+              "pilot's calls included); needed = what the particles' own work took (plus the "
+              "pilot's share). Accuracy: each run's samples in "
+              f"{groups} groups of {n // groups:,}, each scored against as many fresh exact "
+              "draws (`common.evaluate`); mean ± standard error over the groups, and the same "
+              "for exact draws (the floor). KS: one test of all samples against the exact CDF "
+              "(1-D). Wall: cold = first call (compilation included), warm = the same call "
+              "again (programs from the persistent compilation cache).", ""]
+    header = ["target", "sampler", "nfe executed", "needed", "executed / needed",
+              "energy distance", "mode-weight error", "sliced W2", "KS (p)", "wall cold s",
+              "wall warm s"]
+    rows, facts = [], []
+    for t_index, name in enumerate(args.targets):
+        mix = getattr(targets, name)()
+        key = jax.random.fold_in(base, t_index)
+        ddpm, ddpm_wall = sample_timed(jax.random.fold_in(key, 1), "ddpm", mix, n, nfe=1000)
+        fors, fors_wall = sample_timed(jax.random.fold_in(key, 2), "fors", mix, n, delta=1e-2)
+        exact = np.asarray(mix.sample(jax.random.fold_in(key, 3), n))
+        for label, res, wall in (("DDPM-1000", ddpm, ddpm_wall), ("FORS", fors, fors_wall),
+                                 ("exact draws", None, None)):
+            x = exact if res is None else np.asarray(res.samples)
+            acc = grouped(x, mix, jax.random.fold_in(key, 4), groups)
+            ks = f"{acc['ks'][0]:.4f} ({acc['ks'][1]:.2g})" if "ks" in acc else ""
+            if res is None:
+                rows.append([name, label, "", "", "", cell(acc["energy_distance"]),
+                             cell(acc["mode_weight_error"]), cell(acc["sliced_w2"]), ks, "", ""])
+                continue
+            rows.append([name, label, f"{res.nfe:.0f}", f"{res.nfe_needed:.0f}",
+                         f"{res.nfe / res.nfe_needed:.3f}", cell(acc["energy_distance"]),
+                         cell(acc["mode_weight_error"]), cell(acc["sliced_w2"]), ks,
+                         f"{wall[0]:.1f}", f"{wall[1]:.1f}"])
+            print(label, name, rows[-1], flush=True)
+        f = fors_facts(fors)
+        facts.append(
+            f"- {name}: G = {f['growth']:.2f} ({f['steps']} steps), predicted clip rate "
+            f"{f['predicted']:.1e}, measured {f['clip']:.1e} (target 1e-3), acceptance "
+            f"{f['acceptance']:.3f}, pilot {f['pilot']:.1f} calls per sample, second moment "
+            f"estimated {f['m2']:.2f}, {f['divergent']} divergent samples; wall ratio FORS / "
+            f"DDPM-1000: cold {fors_wall[0] / ddpm_wall[0]:.2f}, warm "
+            f"{fors_wall[1] / ddpm_wall[1]:.2f}.")
+    lines += [markdown_table(header, rows), *facts, ""]
+
+
+def lanes_table(args, lines):
+    mix = targets.two_modes_1d()
+    n = args.batch
+    key = jax.random.key(20261202)
+    rows = []
+    for fraction in args.lane_fractions:
+        lanes = max(1, int(round(n * fraction)))
+        res, wall = sample_timed(key, "fors", mix, n, delta=1e-2, num_lanes=lanes)
+        st = res.settings
+        rows.append([f"{lanes:,} (N/{round(1 / fraction)})", f"{st['nfe_executed_run']:.1f}",
+                     f"{st['nfe_needed_run']:.1f}",
+                     f"{st['nfe_executed_run'] / st['nfe_needed_run']:.3f}", f"{wall[1]:.1f}"])
+        print("lanes", rows[-1], flush=True)
+    lines += ["## Lanes", "",
+              f"`two_modes_1d`, batch {n:,}, delta = 1e-2, the same key (so the same grid and "
+              "draws: a particle's draws do not depend on the lanes). executed and needed are the "
+              "run's own (without the pilot); wall warm.", "",
+              markdown_table(["lanes", "executed / sample", "needed / sample",
+                              "executed / needed", "wall warm s"], rows)]
+
+
+def delta_table(args, lines):
+    mix = targets.two_modes_1d()
+    n = args.delta_batch
+    base = jax.random.key(20261203)
+    rows = []
+    for delta in args.deltas:
+        key = jax.random.fold_in(base, int(round(-math.log10(delta))))
+        res, wall = sample_timed(key, "fors", mix, n, delta=delta)
+        f = fors_facts(res)
+        ks = ks_to_exact(np.asarray(res.samples), mix, res.settings["t_min"])
+        rows.append([f"{delta:g}", f"{f['growth']:.2f}", f["steps"], f"{res.nfe:.0f}",
+                     f"{res.nfe_needed:.0f}", f"{f['pilot']:.0f}", f"{f['predicted']:.1e}",
+                     f"{f['clip']:.1e}", f"{ks[0]:.4f} ({ks[1]:.2g})", f"{wall[1]:.1f}"])
+        print("delta", rows[-1], flush=True)
+    ddpm_rows = []
+    for nfe in args.ddpm_nfe:
+        key = jax.random.fold_in(base, 100 + nfe)
+        res = diffusion.sample(key, "ddpm", mix.score, dim=1, num_samples=n, nfe=nfe)
+        ks = ks_to_exact(np.asarray(res.samples), mix, float(res.settings.get("t_min", 0.0)))
+        left = float(np.mean(np.asarray(res.samples)[:, 0] < 0)) - 0.3
+        ddpm_rows.append([nfe, f"{ks[0]:.4f} ({ks[1]:.2g})", f"{left:+.4f}"])
+        print("ddpm", ddpm_rows[-1], flush=True)
+    exact = np.asarray(mix.sample(jax.random.fold_in(base, 999), n))
+    ks = ks_to_exact(exact, mix, 0.0)
+    ddpm_rows.append(["exact draws", f"{ks[0]:.4f} ({ks[1]:.2g})",
+                      f"{float(np.mean(exact[:, 0] < 0)) - 0.3:+.4f}"])
+    lines += ["## Cost against delta", "",
+              f"`two_modes_1d`, {n:,} samples per run, default options. G, steps, the clip "
+              "rate predicted by the pilot and measured; nfe executed and needed per sample "
+              "(pilot included); KS: distance of all samples to the exact CDF of p_{t_min} and "
+              f"its p-value (floor about {0.87 / math.sqrt(n):.4f}; a p-value below 1e-3 is a "
+              "detected error).", "",
+              markdown_table(["delta", "G", "steps", "nfe executed", "needed",
+                              "pilot / sample", "clip predicted", "clip measured", "KS (p)",
+                              "wall warm s"], rows),
+              f"DDPM (Li-Yan coefficients) at several budgets, {n:,} samples each: the KS "
+              "distance to the exact CDF and the error of the left mode's weight (standard error "
+              f"{math.sqrt(0.21 / n):.4f}).", "",
+              markdown_table(["DDPM nfe", "KS (p)", "left weight - 0.3"], ddpm_rows)]
+
+
+def dimension_table(args, lines):
+    n = args.dim_batch
+    base = jax.random.key(20261204)
+    rows = []
+    for d in args.dims:
+        mix = targets.subspace_mixture(dim=d)
+        key = jax.random.fold_in(base, d)
+        res, wall = sample_timed(key, "fors", mix, n, delta=1e-2)
+        f = fors_facts(res)
+        acc = grouped(np.asarray(res.samples), mix, jax.random.fold_in(key, 1), args.groups)
+        floor = grouped(np.asarray(mix.sample(jax.random.fold_in(key, 2), n)), mix,
+                        jax.random.fold_in(key, 3), args.groups)
+        ddpm_cells = []
+        for nfe in args.dim_ddpm_nfe:
+            dres = diffusion.sample(jax.random.fold_in(key, 10 + nfe), "ddpm", mix.score, dim=d,
+                                    num_samples=n, nfe=nfe)
+            dacc = grouped(np.asarray(dres.samples), mix, jax.random.fold_in(key, 1), args.groups)
+            ddpm_cells.append(f"{nfe}: {dacc['mode_weight_error'][0]:.4f}")
+        rows.append([d, f"{f['growth']:.2f}", f["steps"], f"{res.nfe:.0f}",
+                     f"{res.nfe_needed:.0f}", f"{f['clip']:.1e}", cell(acc["mode_weight_error"]),
+                     cell(floor["mode_weight_error"]), "; ".join(ddpm_cells), f"{wall[1]:.1f}"])
+        print("dim", rows[-1], flush=True)
+    lines += ["## Cost against the ambient dimension (intrinsic dimension 2)", "",
+              f"`targets.subspace_mixture(dim=d)` (the four-mode 2-D mixture on a random 2-D "
+              f"subspace of R^d), {n:,} samples, delta = 1e-2, default options. Mode-weight "
+              f"error: mean ± standard error over {args.groups} groups, beside exact draws "
+              "(the floor); DDPM's mode-weight error at several budgets on the same groups.", "",
+              markdown_table(["d", "G", "steps", "nfe executed", "needed", "clip measured",
+                              "FORS mode-weight error", "exact draws", "DDPM nfe: error",
+                              "wall warm s"], rows)]
+
+
+def picard_table(args, lines):
+    mix = targets.four_modes_2d()
+    rows = []
+    for method, options in (("picard-sde", dict(num_steps=64, num_blocks=4, tol=1e-3)),
+                            ("paradigms", dict(num_steps=64, window=16, tol=1e-3))):
+        for n in (64, 1024):
+            try:
+                res = diffusion.sample(jax.random.key(5), method, mix.score, dim=2,
+                                       num_samples=n, **options)
+            except (TypeError, ValueError) as err:  # an option this method does not take
+                rows.append([method, n, f"not run: {err}", "", ""])
+                continue
+            rows.append([method, n, f"{res.nfe:.1f}", f"{res.nfe_needed:.1f}",
+                         f"{res.nfe / res.nfe_needed:.3f}"])
+            print("picard", rows[-1], flush=True)
+    lines += ["## Picard's tolerance mode and ParaDiGMS in lockstep", "",
+              "`four_modes_2d`, exact scores. Both run their data-dependent loops in lockstep "
+              "(`jax.vmap`): executed / needed is the most autobatching could save.", "",
+              markdown_table(["method", "particles", "nfe executed", "needed",
+                              "executed / needed"], rows)]
 
 
 def run_diffusion(args):
-    mix = targets.two_modes_1d()
-    m2 = mix.second_moment()
-    base = jax.random.key(20260301)
-
-    # ---- cost against delta (few samples: the counts barely vary between particles) ----------
-    n_cost = args.num_samples
-    cost_rows = []
-    for c_index, (constant, deltas) in enumerate(args.fors_grid):
-        for delta in deltas:
-            key = jax.random.fold_in(jax.random.fold_in(base, 100 + c_index),
-                                     int(round(-math.log10(delta))))
-            sched = F.fors_schedule(delta, 1, second_moment=m2, constant=constant)
-            res, rates = run_reduced(key, "fors", mix, n_cost, delta=delta, second_moment=m2,
-                                     constant=constant)
-            row = dict(constant=constant, delta=delta, steps=sched.num_steps, growth=sched.growth,
-                       nfe=res.nfe, needed=res.nfe_needed, rounds=res.rounds,
-                       wall=res.settings["wall_time"],
-                       ks=ks_to_exact(res.samples, mix, sched.t_min),
-                       divergent=int(np.sum(res.is_divergent)), **rates)
-            cost_rows.append(row)
-            print(f"cost C={constant} delta={delta:g}: steps {row['steps']} nfe {row['nfe']:.1f} "
-                  f"needed {row['needed']:.1f} "
-                  f"rounds {row['rounds']} clip {row['clip_rate']:.2e} acc "
-                  f"{row['acceptance']:.4f} KS {row['ks']:.3f} ({row['wall']:.0f}s)", flush=True)
-
-    # ---- accuracy at a fixed, larger sample size: DDPM budgets and FORS deltas ----------------
-    n_acc = args.accuracy_samples
-    acc_rows = []
-
-    def accuracy(name, res, key, t_out):
-        x = np.asarray(res.samples)
-        ev = evaluate(x, mix, key)
-        ks, pvalue = ks_to_exact(x, mix, t_out, with_pvalue=True)
-        row = [name, f"{res.nfe:.0f}", f"{res.nfe_needed:.0f}", f"{ev['energy_distance']:.5f}",
-               f"{ev['mode_weight_error']:.4f}", f"{float(np.mean(x[:, 0] < 0)) - 0.3:+.4f}",
-               f"{ks:.4f}", f"{pvalue:.2g}", f"{res.settings['wall_time']:.0f}"]
-        acc_rows.append(row)
-        print("accuracy", row, flush=True)
-
-    for nfe in args.ddpm_nfe:
-        key = jax.random.fold_in(jax.random.fold_in(base, 200), nfe)
-        res, _ = run_reduced(key, "ddpm", mix, n_acc, nfe=nfe)
-        accuracy(f"ddpm nfe={nfe}", res, jax.random.fold_in(key, 7),
-                 float(res.settings.get("t_min", 0.0)))
-    for delta in args.fors_accuracy:
-        key = jax.random.fold_in(jax.random.fold_in(base, 300), int(round(-math.log10(delta))))
-        res, rates = run_reduced(key, "fors", mix, n_acc, delta=delta, second_moment=m2,
-                                 constant=0.1)
-        accuracy(f"fors C=0.1 delta={delta:g} (clip rate {rates['clip_rate']:.1e})", res,
-                 jax.random.fold_in(key, 7), float(res.settings["t_min"]))
-    key_floor = jax.random.fold_in(base, 400)
-    ref = np.asarray(mix.sample(key_floor, n_acc))
-    ev = evaluate(ref, mix, jax.random.fold_in(key_floor, 1))
-    ks, pvalue = ks_to_exact(ref, mix, 0.0, with_pvalue=True)
-    acc_rows.append(["exact draws", "", "", f"{ev['energy_distance']:.5f}",
-                     f"{ev['mode_weight_error']:.4f}", f"{float(np.mean(ref[:, 0] < 0)) - 0.3:+.4f}",
-                     f"{ks:.4f}", f"{pvalue:.2g}", ""])
-
-    # ---- growth of the cost: nfe against log(1/delta) -----------------------------------------
-    summary = []
-    for constant, _ in args.fors_grid:
-        sel = [r for r in cost_rows if r["constant"] == constant]
-        if len(sel) < 2:
-            continue
-        log_log = np.log(np.log(1 / np.array([r["delta"] for r in sel])))
-        for field, label in (("nfe", "executed in the batch"), ("needed", "needed per particle")):
-            p = np.polyfit(log_log, np.log(np.array([r[field] for r in sel])), 1)[0]
-            per_decade = [sel[i + 1][field] / sel[i][field] for i in range(len(sel) - 1)]
-            deltas = ", ".join(f"{r['delta']:g}" for r in sel)
-            costs = ", ".join(f"{r[field]:.0f}" for r in sel)
-            factors = ", ".join(f"{q:.2f}" for q in per_decade)
-            summary.append(
-                f"- C = {constant}, {label}: delta = {deltas} cost {costs} evaluations per sample; "
-                f"each tenfold decrease of delta multiplied it by {factors} (a fit "
-                f"nfe ~ log(1/delta)^p gives p = {p:.2f}). A cost proportional to delta^-2 would "
-                "grow 100-fold per decade.")
-
-    cost_table = markdown_table(
-        ["C", "delta", "G", "steps", "nfe / sample (executed)", "needed / particle", "rounds",
-         "clip rate", "acceptance",
-         "overflow", f"KS to exact (n = {n_cost})", "wall s"],
-        [[r["constant"], f"{r['delta']:g}", f"{r['growth']:.1f}", r["steps"], f"{r['nfe']:.0f}",
-          f"{r['needed']:.0f}", r["rounds"], f"{r['clip_rate']:.1e}", f"{r['acceptance']:.4f}",
-          f"{r['overflow_rate']:.0e}", f"{r['ks']:.3f}", f"{r['wall']:.0f}"] for r in cost_rows])
-    acc_table = markdown_table(
-        ["sampler", "nfe / sample (executed)", "needed / particle", "energy distance",
-         "mode-weight error",
-         "left-mode weight - 0.3", "KS to exact", "KS p-value", "wall s"], acc_rows)
-    lines = [
-        "## FORS-diffusion on `targets.two_modes_1d()` with exact scores", "",
-        "Weights 0.3 and 0.7, means -2 and 2, sd 0.5. FORS: second_moment = "
-        f"{m2:.2f} (t_max = 0.5 log((d + m2)/delta^2), s_{{t_min}}^2 = delta^2/(d + m2)), clip B = 1, "
-        "chunk_size = 1 (pure early rejection), G = C (d + log(K/delta)) log(K/delta). nfe "
-        "(executed) = score evaluations the vmapped batch ran per sample: the particles run in "
-        "lockstep, so each step costs every particle what its slowest particle needed (rejected "
-        "proposals and masked work included; `DiffusionResult.nfe`); needed / particle = what a "
-        "particle's own loop needed, i.e. its cost run alone (`DiffusionResult.nfe_needed`). The "
-        "gap grows with the batch size (the maximum of more particles' proposal counts). rounds = "
-        "sum over steps of the largest per-particle number of sequential rounds (the batch's "
-        "sequential depth); clip rate and acceptance pooled as "
-        "ratios of sums. KS to exact: Kolmogorov-Smirnov distance to the exact CDF of the law at "
-        "the sampler's output time, floor about 0.87 / sqrt(n).", "",
-        f"### Cost against the target accuracy delta ({n_cost} samples per run)", "",
-        cost_table, *summary, "",
-        f"### Accuracy at n = {n_acc} samples, against DDPM", "",
-        "Each row one run of n samples scored against n fresh exact draws "
-        "(`common.evaluate`: V-statistic energy distance, mode-weight error) and against the exact "
-        f"CDF; 'exact draws' is what a perfect sampler scores (the standard error of the left-mode "
-        f"weight is {math.sqrt(0.21 / n_acc):.4f}, the KS floor about "
-        f"{0.87 / math.sqrt(n_acc):.4f}; a KS p-value below about 1e-3 is a detected error). DDPM: "
-        "Li-Yan coefficients on its default schedule.", "",
-        acc_table]
+    lines = []
+    headline(args, lines)
+    if args.lane_fractions:
+        lanes_table(args, lines)
+    if args.deltas:
+        delta_table(args, lines)
+    if args.dims:
+        dimension_table(args, lines)
+    picard_table(args, lines)
     return "\n".join(lines) + "\n"
+
+
+def run_chains(args):
+    """FORS-proximal chains in scoresample.sample: executed / needed with 4 and 64 chains."""
+    model = breast_cancer_logistic()
+    rows = []
+    for chains in (4, 64):
+        tic = time.perf_counter()
+        dt = scoresample.sample(jax.random.key(20261205), model.logdensity_fn,
+                                init=jnp.zeros(model.dim), method="fors", num_chains=chains,
+                                num_warmup=args.chain_warmup, num_draws=args.chain_draws,
+                                progress_bar=False)
+        wall = time.perf_counter() - tic
+        need = np.asarray(dt.sample_stats["num_grad_evals"].values, dtype=np.int64)  # (C, draws)
+        chunk = json.loads(dt.attrs["settings"])["chunk_size"]
+        # autobatched: one lane per chain, so a chunk lasts as long as its busiest chain's total
+        auto = sum(chains * int(need[:, i:i + chunk].sum(1).max())
+                   for i in range(0, need.shape[1], chunk))
+        # lockstep: each draw lasts as long as its busiest chain's draw (thin steps each)
+        lock = chains * int(need.max(axis=0).sum())
+        needed = int(need.sum())
+        rows.append([chains, f"{needed / need.size:.1f}", f"{auto / needed:.3f}",
+                     f"{lock / needed:.3f}", f"{dt.attrs['wall_time_sampling']:.1f}",
+                     f"{wall:.0f}"])
+        print("chains", rows[-1], flush=True)
+    return "\n".join([
+        "## FORS-proximal chains in `scoresample.sample`", "",
+        f"`models.breast_cancer_logistic()` (d = 31), {args.chain_warmup} warmup steps, "
+        f"{args.chain_draws} draws per chain, default options. needed = gradient evaluations "
+        "per draw (per chain); executed / needed of the autobatched chains (one lane per chain, "
+        "each chain runs its chunk of steps without waiting) and of the lockstep loop that "
+        "vmapped chains step by step would run for the same draws (each step as long as its "
+        "busiest chain's).", "",
+        markdown_table(["chains", "needed / draw", "autobatched executed / needed",
+                        "lockstep executed / needed", "sampling wall s", "total wall s"],
+                       rows)]) + "\n"
 
 
 # =============================================================================================
@@ -228,6 +374,8 @@ def _summary(name, draws, grads, warm_grads, ref_mean, ref_var, ref_ess, wall, n
 
 
 def _mala(key, logdensity, x0, num_warmup, num_chains, num_draws):
+    from scoresample.adaptation import dual_averaging_warmup
+
     kernel = blackjax.mala.build_kernel()
     state0 = blackjax.mala.init(x0, logdensity)
     step = lambda k, s, h: kernel(k, s, logdensity, h)
@@ -296,7 +444,7 @@ def run_proximal(args):
                              time.perf_counter() - tic, f"step {h:.3g}, acceptance {acc:.2f}"))
 
         # whitened coordinates from the Laplace approximation: the same metric FORS's warmup uses
-        mode = F._bb_descent(jax.grad(logd), x0, 200, 1e-3)[0]
+        mode = F.bb_descent(jax.grad(logd), x0, 200, 1e-3)[0]
         hess = -np.asarray(jax.hessian(logd)(mode))
         chol = np.linalg.cholesky(np.linalg.inv(0.5 * (hess + hess.T)))
         chol_j, mode_j = jnp.asarray(chol), jnp.asarray(mode)
@@ -355,35 +503,56 @@ def run_proximal(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="diffusion,proximal",
-                        help="diffusion -> docs/benchmarks/fors.md, proximal -> fors_proximal.md")
-    parser.add_argument("--num-samples", type=int, default=200, help="samples per cost run")
-    parser.add_argument("--accuracy-samples", type=int, default=5000)
-    parser.add_argument("--fors-accuracy", default="1e-1,1e-2",
-                        help="deltas (C = 0.1) of the accuracy table")
-    parser.add_argument("--fors-small", default="1e-1,1e-2,1e-3,1e-4",
-                        help="deltas for C = 0.1")
-    parser.add_argument("--fors-large", default="1e-1,1e-2,1e-3", help="deltas for C = 0.55")
-    parser.add_argument("--ddpm-nfe", default="10,30,100,300,1000,3000")
+    parser.add_argument("--parts", default="diffusion,chains",
+                        help="diffusion (and chains) -> docs/benchmarks/fors.md, proximal -> "
+                             "fors_proximal.md")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
+    parser.add_argument("--targets", default="two_modes_1d,eight_modes_2d")
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--lanes", default="0.25,0.125,0.0625,0.03125",
+                        help="lane counts as fractions of the batch")
+    parser.add_argument("--deltas", default="1e-1,1e-2,1e-3,1e-4")
+    parser.add_argument("--delta-batch", type=int, default=10_000)
+    parser.add_argument("--ddpm-nfe", default="100,300,1000,3000,10000")
+    parser.add_argument("--dims", default="2,8,32,128,512,1024")
+    parser.add_argument("--dim-batch", type=int, default=2000)
+    parser.add_argument("--dim-ddpm-nfe", default="100,1000")
+    parser.add_argument("--chain-warmup", type=int, default=1000)
+    parser.add_argument("--chain-draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--reference-draws", type=int, default=2000)
+    parser.add_argument("--cache", default=None, help="compilation cache folder (default: temp)")
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks")
     parser.add_argument("--out-diffusion", default=os.path.join(here, "fors.md"))
     parser.add_argument("--out-proximal", default=os.path.join(here, "fors_proximal.md"))
     args = parser.parse_args(argv)
     floats = lambda s: [float(v) for v in s.split(",") if v]
-    args.fors_grid = [(0.1, floats(args.fors_small)), (0.55, floats(args.fors_large))]
-    args.fors_accuracy = floats(args.fors_accuracy)
-    args.ddpm_nfe = [int(v) for v in args.ddpm_nfe.split(",") if v]
+    ints = lambda s: [int(v) for v in s.split(",") if v]
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.lane_fractions = floats(args.lanes)
+    args.deltas = floats(args.deltas)
+    args.ddpm_nfe = ints(args.ddpm_nfe)
+    args.dims = ints(args.dims)
+    args.dim_ddpm_nfe = ints(args.dim_ddpm_nfe)
+    if args.quick:
+        args.batch, args.groups, args.delta_batch, args.dim_batch = 2000, 4, 1000, 400
+        args.lane_fractions, args.deltas, args.dims = [0.125], [1e-1, 1e-2], [2, 32]
+        args.ddpm_nfe, args.dim_ddpm_nfe = [100, 1000], [100]
+        args.chain_warmup, args.chain_draws = 200, 200
+    use_compilation_cache(args.cache or tempfile.mkdtemp(prefix="fors-bench-cache-"))
     parts = args.parts.split(",")
+    start = time.perf_counter()
+    body = ""
     if "diffusion" in parts:
-        start = time.perf_counter()
-        body = run_diffusion(args)
+        body += run_diffusion(args)
+    if "chains" in parts:
+        body += "\n" + run_chains(args)
+    if body:
         wall = time.perf_counter() - start
-        write_report(args.out_diffusion, "FORS-diffusion: cost against accuracy", body,
-                     wall_time=wall)
+        write_report(args.out_diffusion, "FORS-diffusion at DDPM's price", body, wall_time=wall)
         print(f"wrote {args.out_diffusion} in {wall / 60:.1f} min")
     if "proximal" in parts:
         start = time.perf_counter()

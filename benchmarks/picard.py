@@ -21,7 +21,7 @@ for ``--train-steps`` steps by denoising score matching on draws of the 2-D mixt
 the loosest rung of its ladder that reaches the same 1e-3 relative gap, and the compiled runs are
 timed side by side (alternating, ``--repeats`` times, median reported).
 
-    python benchmarks/picard.py                  # both parts (about 10 min here)
+    python benchmarks/picard.py                  # both parts (about 35 min here)
     python benchmarks/picard.py --part exact --targets four-modes-2d --out /tmp/picard.md
 
 writes docs/benchmarks/picard.md.
@@ -53,35 +53,51 @@ NUM_STEPS = 1000
 
 # (label, method, fixed options, ladder parameter, ladder values). Block-Picard tolerances are in
 # units of the data scale (multiplied by it before use); ParaDiGMS's tau is relative to each step's
-# noise standard deviation already.
+# noise standard deviation already. "plain" is acceleration=None; "TAA" the triangular Anderson
+# default (memory 2); "coarse 5" starts each block from a 5-segment coarse solve (5 more rounds).
+TOLS = [3e-3, 1e-3, 3e-4]
+PLAIN = dict(acceleration=None)
 CONFIGS = [
-    ("picard-sde, denoiser, 5 blocks, tol", "picard-sde", dict(form="denoiser", num_blocks=5),
-     "tol", [1e-3, 3e-4, 1e-4]),
-    ("picard-sde, denoiser, 5 blocks, fixed K", "picard-sde", dict(form="denoiser", num_blocks=5),
-     "num_iterations", [12, 16, 20, 25]),
-    ("picard-sde, score, 10 blocks, tol", "picard-sde", dict(form="score", num_blocks=10),
-     "tol", [3e-3, 1e-3, 3e-4]),
-    ("picard-ode, denoiser, 5 blocks, tol", "picard-ode", dict(form="denoiser", num_blocks=5),
-     "tol", [1e-3, 3e-4, 1e-4]),
-    ("paradigms, denoiser, window 128", "paradigms", dict(form="denoiser", window=128),
-     "tol", [0.03, 0.01, 0.003, 0.001, 0.0003]),
-    ("paradigms, score, window 128", "paradigms", dict(form="score", window=128),
-     "tol", [0.03, 0.01, 0.003, 0.001, 0.0003]),
+    ("picard-sde, plain, 5 blocks", "picard-sde", dict(num_blocks=5, **PLAIN), "tol", TOLS),
+    ("picard-sde, TAA, 5 blocks", "picard-sde", dict(num_blocks=5), "tol", TOLS),
+    ("picard-sde, plain, 1 block", "picard-sde", dict(num_blocks=1, **PLAIN), "tol", TOLS),
+    ("picard-sde, TAA, 1 block (default)", "picard-sde", dict(), "tol", TOLS),
+    ("picard-sde, TAA, 1 block, coarse 5", "picard-sde", dict(coarse_steps=5), "tol", TOLS),
+    ("picard-sde, score form, plain, 10 blocks", "picard-sde",
+     dict(form="score", num_blocks=10, **PLAIN), "tol", TOLS),
+    ("picard-ode 100 steps, plain, 1 block", "picard-ode", dict(num_steps=100, **PLAIN), "tol",
+     TOLS),
+    ("picard-ode 100 steps, TAA, 1 block (default)", "picard-ode", dict(num_steps=100), "tol",
+     TOLS),
+    ("picard-ode 100 steps, TAA, coarse 3", "picard-ode", dict(num_steps=100, coarse_steps=3),
+     "tol", TOLS),
+    ("paradigms, plain, window 128", "paradigms", dict(window=128, **PLAIN), "tol",
+     [0.03, 0.01, 0.003, 0.001]),
+    ("paradigms, TAA, window 128 (default)", "paradigms", dict(window=128), "tol",
+     [0.03, 0.01, 0.003, 0.001]),
 ]
+WALL_CONFIGS = ["picard-sde, plain, 5 blocks", "picard-sde, TAA, 1 block (default)",
+                "picard-ode 100 steps, plain, 1 block",
+                "picard-ode 100 steps, TAA, 1 block (default)", "paradigms, plain, window 128",
+                "paradigms, TAA, window 128 (default)"]
 
 
 NOTES = """\
 - Exactness is tested, not benchmarked: with K equal to the block length (or tau = 0 for
   ParaDiGMS) the Picard samplers equal their sequential sampler with the same noise to 1e-10 in
-  float64 (tests/test_picard.py).
-- The RMS gap is dominated by a few particles that sit near a boundary between modes at the time
-  the modes separate: there the reverse flow amplifies any difference, so a tolerance on the
-  per-iteration change does not bound every particle's final gap (see `worst particle`).
-- In tolerance mode a block costs the iterations of its slowest particle; a fixed K per block must
-  cover the hardest block for every particle, hence many more rounds for the same gap.
+  float64, with the acceleration on or off (tests/test_picard.py, tests/test_picard_anderson.py).
+- The rounds of a batch are those of its slowest particle, and the slowest particles sit near a
+  boundary between modes at the time the modes separate: the reverse flow amplifies any
+  difference there, the iterate stays in the wrong mode for many iterations, and a tolerance on
+  the per-iteration change does not bound every particle's final gap (see `worst particle`).
+  `evals (needed)` / block width is the mean particle's iteration count, far below the rounds.
+- TAA (triangular Anderson acceleration, memory 2, the default) needs fewer rounds than plain
+  Picard in every configuration here; one block over the whole trajectory needs fewer rounds than
+  5 blocks (rounds add up over blocks) at about 3 times the executed evaluations.
+- A coarse first guess ("coarse 5": 5 evaluations per block, counted) saves evaluations of the
+  typical particle but not rounds: the particles that set the round count start no closer.
 - "denoiser" iterates only a_t x0_hat(x, t) and integrates the linear part of the score exactly;
-  "score" iterates the score (exponential integrator). The denoiser form needs fewer rounds on
-  both mixtures.
+  "score" iterates the score (exponential integrator) and needs about twice the rounds.
 - On this CPU a batched call of B points costs about as much as B single-point calls (compare the
   microseconds per evaluated point), so the wall-clock ratio follows the evaluations executed,
   not the rounds. Picard pays off in wall clock only where a round of M points costs about one
@@ -110,8 +126,11 @@ def ladder_options(param, value, scale):
 
 def walk_ladder(rng_key, score_fn, dim, scale, method, fixed, param, values, num_particles, log):
     """Run the sequential reference, then the ladder until the gap is <= GAP. Returns rows."""
-    common = dict(dim=dim, num_samples=num_particles, num_steps=NUM_STEPS, **fixed)
-    ref = diffusion.sample(rng_key, method, score_fn, sequential=True, **common)
+    fixed = dict(fixed)
+    common = dict(dim=dim, num_samples=num_particles, num_steps=fixed.pop("num_steps", NUM_STEPS),
+                  **fixed)
+    layout = {k: v for k, v in common.items() if k not in ("acceleration", "coarse_steps")}
+    ref = diffusion.sample(rng_key, method, score_fn, sequential=True, **layout)
     rows, chosen = [], None
     for value in values:
         res = diffusion.sample(rng_key, method, score_fn, **common,
@@ -120,9 +139,11 @@ def walk_ladder(rng_key, score_fn, dim, scale, method, fixed, param, values, num
         worst = float(np.max(np.sqrt(np.mean((np.asarray(res.samples) - np.asarray(ref.samples)) ** 2,
                                              axis=-1)))) / scale
         batch = int(res.nfe)  # what the vmapped batch executed per particle
-        if batch != res.rounds * batch_width(method, res):
-            raise RuntimeError(f"nfe {res.nfe} != rounds {res.rounds} x width "
-                               f"{batch_width(method, res)}")
+        coarse = res.settings.get("coarse_steps", 0) * res.settings.get("num_blocks", 1)
+        width = batch_width(method, res)
+        if batch != (res.rounds - coarse) * width + coarse:
+            raise RuntimeError(f"nfe {res.nfe} != (rounds {res.rounds} - coarse {coarse}) x width "
+                               f"{width} + coarse")
         row = dict(param=param, value=value, rounds=res.rounds, needed=res.nfe_needed, batch=batch,
                    gap=gap, worst=worst, divergent=int(np.sum(np.asarray(res.is_divergent))),
                    wall=res.settings["wall_time"])
@@ -157,7 +178,8 @@ def part_exact(args, log):
             else:
                 summary_rows.append([name, label, f"{param}={chosen['value']:g}", chosen["rounds"],
                                      f"{chosen['needed']:.0f}", chosen["batch"], f"{chosen['gap']:.1e}"])
-    body = [f"Sequential sampler: {NUM_STEPS} steps on the log-SNR grid from t_max = "
+    body = [f"Sequential sampler: {NUM_STEPS} steps (100 for the picard-ode rows) on the log-SNR "
+            "grid from t_max = "
             "0.5 log((d + 1) / 1e-4) to t_min = 1e-3, exact mixture scores, "
             f"{args.particles} particles, seed {args.seed}. Gap: RMS over particles and coordinates "
             "of (Picard - sequential with the same noise) / sqrt(tr Cov / d); target "
@@ -213,17 +235,19 @@ def part_wallclock(args, log):
     scale = data_scale(mix)
     n = args.wall_particles
     key = jax.random.key(args.seed)
-    wall_configs = [c for c in CONFIGS if c[0] in ("picard-sde, denoiser, 5 blocks, tol",
-                                                    "paradigms, denoiser, window 128")]
+    wall_configs = [c for c in CONFIGS if c[0] in WALL_CONFIGS]
     rows = []
     for label, method, fixed, param, values in wall_configs:
         log(f" {label} (MLP score)")
         _, chosen, _ = walk_ladder(key, score_fn, 2, scale, method, fixed, param, values, n, log)
         if chosen is None:
-            rows.append([label, "not reached", "", "", "", "", ""])
+            rows.append([label, "", "not reached", "", "", "", "", "", "", ""])
             continue
-        opts = dict(dim=2, num_steps=NUM_STEPS, **fixed)
-        seq_plan = diffusion.build_plan(method, score_fn, sequential=True, **opts)
+        opts = dict(fixed)
+        opts = dict(dim=2, num_steps=opts.pop("num_steps", NUM_STEPS), **opts)
+        num_steps = opts["num_steps"]
+        seq_plan = diffusion.build_plan(method, score_fn, sequential=True,
+                                        **{k: v for k, v in opts.items() if k != "acceleration"})
         par_plan = diffusion.build_plan(method, score_fn, **opts,
                                         **ladder_options(param, chosen["value"],
                                                          scale if method != "paradigms" else 1.0))
@@ -243,23 +267,26 @@ def part_wallclock(args, log):
         total_rounds = int(np.sum(np.max(np.asarray(rounds), axis=1)))
         executed = total_rounds * (fixed["window"] if method == "paradigms"
                                    else max(par_plan.settings["block_sizes"]))
-        per_point_seq = 1e6 * med_seq / (n * NUM_STEPS)
+        per_point_seq = 1e6 * med_seq / (n * num_steps)
         per_point_par = 1e6 * med_par / (n * executed)
         log(f"  sequential {med_seq:.2f}s, {label} {med_par:.2f}s (ratio {med_par / med_seq:.2f}), "
             f"rounds {total_rounds}, executed evals per particle {executed}, gap {gap:.1e}")
-        rows.append([label, f"{param}={chosen['value']:g}", total_rounds, executed, f"{gap:.1e}",
+        rows.append([label, num_steps, f"{param}={chosen['value']:g}", total_rounds, executed,
+                     f"{gap:.1e}",
                      f"{med_seq:.2f}", f"{med_par:.2f}", f"{med_par / med_seq:.2f}",
                      f"{per_point_seq:.1f} / {per_point_par:.1f}"])
     body = [f"Small MLP score (scoresample.nn residual MLP, width 64, 2 blocks, eps output, trained "
             f"{args.train_steps} steps on 20,000 draws of four_modes_2d), {n} particles, float64, "
-            f"{NUM_STEPS}-step sequential sampler vs Picard at the first ladder rung with gap <= "
+            "sequential sampler vs Picard at the first ladder rung with gap <= "
             f"{GAP:g}; compiled runs timed alternately {args.repeats} times, medians in seconds. "
             f"{os.cpu_count()} CPU cores shared with other jobs, XLA_FLAGS="
             f"{os.environ.get('XLA_FLAGS', '')!r}.", "",
-            markdown_table(["Picard sampler", "setting", "rounds", "evals (batch)", "gap",
+            markdown_table(["Picard sampler", "sequential steps", "setting", "rounds",
+                            "evals (batch)", "gap",
                             "sequential (s)", "Picard (s)", "Picard / sequential",
                             "us per evaluated point (seq / Picard)"], rows),
-            "The sequential sampler executes 1000 evaluations per particle in 1000 rounds.", ""]
+            "The sequential sampler executes one evaluation per particle per step, one step per "
+            "round.", ""]
     return "\n".join(body)
 
 

@@ -16,7 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -75,7 +74,7 @@ def bench_one(name, *, seed, num_chains, num_warmup, num_draws, dense, target_ac
     out = jax.block_until_ready(fn(run_key, init))
     wall = time.perf_counter() - start
     draws = jax.vmap(jax.vmap(post.to_reference_order))(out["positions"])
-    result = posteriordb.pass_rule(np.asarray(draws), post.reference_draws,
+    result = posteriordb.pass_rule(np.asarray(draws), post.reference,
                                    param_names=post.param_names)
     steps = np.asarray(out["steps"])
     row = {
@@ -92,10 +91,8 @@ def bench_one(name, *, seed, num_chains, num_warmup, num_draws, dense, target_ac
 
 def _reference_control(post):
     """The Stan control settings the reference draws were made with (adapt_delta, max_treedepth)."""
-    path = post.root / "reference_posteriors" / "draws" / "info" / f"{post.reference_name}.info.json"
     try:
-        with open(path) as fh:
-            control = json.load(fh)["inference"]["method_arguments"].get("control") or {}
+        control = post.reference_info["inference"]["method_arguments"].get("control") or {}
     except (OSError, KeyError, ValueError):
         return "?"
     return f"{control.get('adapt_delta', 0.8)} / {control.get('max_treedepth', 10)}"

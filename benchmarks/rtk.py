@@ -1,14 +1,17 @@
 """RTK-MALA and RTK-ULD against DDPM and DPM-Solver++ on exact-score mixtures (the RTK paper's protocol).
 
-For ``targets.four_modes_2d()`` and ``targets.subspace_mixture(16)`` with exact scores, at each budget
-of score evaluations per sample (nfe in 50, 100, 200, 500, 1000) the rows are:
+For ``targets.four_modes_2d()``, ``targets.subspace_mixture(16)`` and
+``targets.aniso_subspace_mixture()`` (64-D) with exact scores, at each budget of score evaluations
+per sample (nfe in 50, 100, 200, 500, 1000) the rows are:
 
 - ``ddpm``: DDPM with the Li-Yan coefficients (nfe steps, output at t_1 of its schedule).
 - ``dpm-solver++``: DPM-Solver++(2M) on a log-SNR grid with nfe - 1 steps and a final Tweedie step
   (so its output is denoised like RTK's, at the same budget).
 - ``rtk-uld``: RTK with the exact frozen-gradient ULD inner solver.
-- ``rtk-mala-exact``: RTK-MALA with energy differences from the exact ``mixture.energy``
+- ``rtk-mala-energy``: RTK-MALA with energy differences from the exact ``mixture.energy``
   (the energy evaluations are reported apart; an energy network gives both in one pass).
+- ``rtk-mala-factory``: RTK-MALA from scores only with the exact Bernoulli-factory test (its cost
+  is random: the measured evaluations per particle are reported, the clip rate beside them).
 - ``rtk-mala-quad``: RTK-MALA from scores only, energy differences by a 1-node Gauss-Legendre line
   integral of the score (each inner step costs 2 evaluations, all counted in nfe).
 - ``rtk-mala-trap``: the same with the trapezoid rule on the two gradients a MALA step already has
@@ -31,6 +34,7 @@ writes docs/benchmarks/rtk.md (an analysis written between the notes markers of 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -42,15 +46,23 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from common import (METRICS, evaluate, exact_floor, markdown_table, run_cell, summarize,  # noqa: E402
-                    write_report)
+from common import (  # noqa: E402
+    METRICS,
+    evaluate,
+    exact_floor,
+    markdown_table,
+    run_cell,
+    summarize,
+    write_report,
+)
 
 from scoresample import diffusion, targets  # noqa: E402
 
-ALL_METHODS = ["ddpm", "dpm-solver++", "rtk-uld", "rtk-mala-exact", "rtk-mala-quad",
-               "rtk-mala-trap"]
+ALL_METHODS = ["ddpm", "dpm-solver++", "rtk-uld", "rtk-mala-energy", "rtk-mala-factory",
+               "rtk-mala-quad", "rtk-mala-trap"]
 TARGETS = {"four-modes-2d": targets.four_modes_2d,
-           "subspace-16d": lambda: targets.subspace_mixture(16)}
+           "subspace-16d": lambda: targets.subspace_mixture(16),
+           "aniso-64d": targets.aniso_subspace_mixture}
 
 
 def run_method(rng_key, method: str, mixture, nfe: int, num_samples: int):
@@ -62,15 +74,19 @@ def run_method(rng_key, method: str, mixture, nfe: int, num_samples: int):
                                 **common)
     if method == "rtk-uld":
         return diffusion.sample(rng_key, "rtk-uld", mixture.score, nfe=nfe, **common)
-    if method == "rtk-mala-exact":
+    if method == "rtk-mala-energy":
         return diffusion.sample(rng_key, "rtk-mala", mixture.score, energy_fn=mixture.energy,
                                 nfe=nfe, **common)
+    if method == "rtk-mala-factory":
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe,
+                                acceptance="factory", **common)
     if method == "rtk-mala-quad":
-        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe, energy="quadrature",
-                                quadrature="gauss-legendre", num_nodes=1, **common)
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe,
+                                acceptance="quadrature", quadrature="gauss-legendre", num_nodes=1,
+                                **common)
     if method == "rtk-mala-trap":
-        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe, energy="quadrature",
-                                quadrature="trapezoid", **common)
+        return diffusion.sample(rng_key, "rtk-mala", mixture.score, nfe=nfe,
+                                acceptance="quadrature", quadrature="trapezoid", **common)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -88,16 +104,27 @@ def _read_notes(path: str) -> str:
     return NOTES_BEGIN + inner + NOTES_END + "\n\n"
 
 
-# Design ablations (run with --ablation): name -> (nfe, method, options); exact energy for MALA rows.
+# Design ablations (run with --ablation): name -> (nfe, method, options). Each row changes one choice
+# of the defaults; "factory" rows use scores only, "energy" rows the exact energy.
+FACTORY = dict(acceptance="factory")
+ENERGY = dict(acceptance="energy")
 ABLATIONS = {
-    "MALA, K=24, S=3, log-SNR grid (default at 100)": (100, "rtk-mala", {}),
-    "MALA, K=49, S=1": (100, "rtk-mala", dict(num_inner_steps=1)),
-    "MALA, K=24, S=3, eta-rule grid stretched": (100, "rtk-mala", dict(num_segments=24,
-                                                                       grid="eta-rule")),
-    "MALA, K=5 equal segments, S=18 (the paper's setting)": (
-        100, "rtk-mala", dict(num_segments=5, grid="uniform")),
-    "MALA, nfe 50: K=24, S=1 (default at 50)": (50, "rtk-mala", {}),
-    "MALA, nfe 50: K=12, S=3": (50, "rtk-mala", dict(num_inner_steps=3)),
+    "factory: B=0.5, step 0.5/L, S from the budget (default)": (100, "rtk-mala", FACTORY),
+    "factory: S=2": (100, "rtk-mala", dict(FACTORY, num_inner_steps=2)),
+    "factory: S=3": (100, "rtk-mala", dict(FACTORY, num_inner_steps=3)),
+    "factory: step 0.25/L": (100, "rtk-mala", dict(FACTORY, inner_step_scale=0.25)),
+    "factory: step 1/L": (100, "rtk-mala", dict(FACTORY, inner_step_scale=1.0)),
+    "factory: B=0.25": (100, "rtk-mala", dict(FACTORY, clip=0.25)),
+    "factory: B=1": (100, "rtk-mala", dict(FACTORY, clip=1.0)),
+    "factory: start at the DDPM posterior step": (100, "rtk-mala", dict(FACTORY,
+                                                                        start="posterior")),
+    "factory: sqrt grid": (100, "rtk-mala", dict(FACTORY, grid="sqrt")),
+    "factory, nfe 50 (default)": (50, "rtk-mala", FACTORY),
+    "energy: K=24, S=3, log-SNR grid (default at 100)": (100, "rtk-mala", ENERGY),
+    "energy: K=49, S=1": (100, "rtk-mala", dict(ENERGY, num_inner_steps=1)),
+    "energy: K=5 equal segments, S=18 (the paper's setting)": (
+        100, "rtk-mala", dict(ENERGY, num_segments=5, grid="uniform")),
+    "energy, nfe 50: K=24, S=1 (default at 50)": (50, "rtk-mala", ENERGY),
     "ULD, tau sqrt(L)=1, gamma/sqrt(L)=4 (default)": (100, "rtk-uld", {}),
     "ULD, tau sqrt(L)=0.5, gamma/sqrt(L)=2": (100, "rtk-uld", dict(inner_step_scale=0.5,
                                                                   friction=2.0)),
@@ -108,19 +135,52 @@ def run_ablations(mixture, base_key, n, seeds):
     rows = []
     for a_index, (label, (nfe, method, options)) in enumerate(ABLATIONS.items()):
         key = jax.random.fold_in(jax.random.fold_in(base_key, 4 * 10**6 + a_index), nfe)
-        extra = dict(energy_fn=mixture.energy) if method == "rtk-mala" else {}
+        extra = dict(energy_fn=mixture.energy) if options.get("acceptance") == "energy" else {}
         res = diffusion.sample(key, method, mixture.score, dim=mixture.dim, num_samples=n * seeds,
                                nfe=nfe, **extra, **options)
         samples = np.asarray(res.samples)
         per_seed = [evaluate(samples[s * n:(s + 1) * n], mixture,
-                             jax.random.fold_in(jax.random.fold_in(key, 7), s)) for s in range(seeds)]
+                             jax.random.fold_in(jax.random.fold_in(key, 7), s))
+                    for s in range(seeds)]
         acc = float(np.mean(np.asarray(res.info.acceptance_rate)))
-        rows.append([label, f"{res.nfe:.0f}", res.settings["num_segments"],
-                     res.settings["num_inner_steps"], f"{acc:.3f}",
+        rows.append([label, f"{res.nfe_needed:.0f}", res.settings["num_segments"],
+                     res.settings["num_inner_steps"], f"{acc:.3f}", _clip_rate(res.info),
                      summarize(per_seed, "energy_distance", "{:.5f}"),
                      summarize(per_seed, "mode_weight_error", "{:.4f}")])
         print(f"ablation {label:55s} ED={_mean(per_seed, 'energy_distance'):.5f} "
               f"MWE={_mean(per_seed, 'mode_weight_error'):.4f}", flush=True)
+    return rows
+
+
+def _clip_rate(info) -> str:
+    """The factory's clip rate, sum(num_clipped) / sum(num_coins) ("-" for other tests)."""
+    coins = float(np.sum(np.asarray(getattr(info, "num_coins", 0))))
+    if coins == 0:
+        return "-"
+    return f"{float(np.sum(np.asarray(info.num_clipped))) / coins:.4f}"
+
+
+def _diff(a, b, fmt="{:+.5f}"):
+    """Difference of means of two per-seed lists ± its standard error."""
+    diff = np.mean(a) - np.mean(b)
+    se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    return f"{fmt.format(diff)} ± {se:.5f}"
+
+
+def _verdict_rows(name, focus, seeds):
+    """One row per focus run: each metric, and its difference to the floor and the two baselines."""
+    rows = []
+    refs = [focus["floor", 0], focus.get(("dpm-solver++", 100)), focus.get(("ddpm", 1000))]
+    for (method, nfe), per_seed in focus.items():
+        label = "exact vs exact" if method == "floor" else f"{method} @ {nfe}"
+        row = [name, label]
+        for key_name in ("energy_distance", "mode_weight_error"):
+            vals = [d[key_name] for d in per_seed]
+            row.append(summarize(per_seed, key_name, "{:.5f}"))
+            for ref in refs:
+                row.append("-" if ref is None or ref is per_seed or seeds < 2 else
+                           _diff(vals, [d[key_name] for d in ref]))
+        rows.append(row)
     return rows
 
 
@@ -167,7 +227,8 @@ def main(argv=None):
                     acceptance=float(np.mean(np.asarray(info.acceptance_rate)))
                     if hasattr(info, "acceptance_rate") else float("nan"),
                     segments=res.settings.get("num_segments"),
-                    inner=res.settings.get("num_inner_steps"))
+                    inner=res.settings.get("num_inner_steps"), needed=res.nfe_needed,
+                    clip_rate=_clip_rate(info))
                 results[method, nfe] = (per_seed, res.nfe, wall, int(np.sum(res.is_divergent)),
                                         extra)
                 print(f"{name:14s} {method:15s} nfe={nfe:5d} measured={res.nfe:7.1f} "
@@ -183,17 +244,19 @@ def main(argv=None):
                     for method in methods]
             rows.append(["exact vs exact"] + [summarize(floor, key_name, fmt)] * len(budgets))
             body += [f"### {label}", "", markdown_table(header, rows)]
-        header = ["method", "nfe budget", "measured nfe", "energy evals", "segments K",
-                  "inner steps S", "mean acceptance", "divergent", "wall s"]
+        header = ["method", "nfe budget", "score evals per particle", "batch evals",
+                  "energy evals", "segments K", "inner steps S", "mean acceptance", "clip rate",
+                  "divergent", "wall s"]
         rows = []
         for method in methods:
             for b in budgets:
                 _, measured, wall, div, extra = results[method, b]
-                rows.append([method, b, f"{measured:.1f}", f"{extra['energy']:.1f}",
+                rows.append([method, b, f"{extra['needed']:.1f}", f"{measured:.0f}",
+                             f"{extra['energy']:.1f}",
                              extra["segments"] if extra["segments"] is not None else "-",
                              extra["inner"] if extra["inner"] is not None else "-",
                              "-" if np.isnan(extra["acceptance"]) else f"{extra['acceptance']:.3f}",
-                             div, f"{wall:.1f}"])
+                             extra["clip_rate"], div, f"{wall:.1f}"])
         body += ["### cost and diagnostics", "", markdown_table(header, rows)]
         sections.append("\n".join(body))
         focus = {}
@@ -201,7 +264,9 @@ def main(argv=None):
             nf = args.focus_samples
             focus_floor = [exact_floor(mixture, nf, jax.random.fold_in(
                 jax.random.fold_in(base_key, 2 * 10**6), s)) for s in range(seeds)]
-            runs = [("ddpm", 1000)] + [(m, 100) for m in methods if m.startswith("rtk")]
+            runs = [("ddpm", 1000), ("dpm-solver++", 100)] + [(m, 100) for m in methods
+                                                              if m.startswith("rtk")]
+            focus["floor", 0] = focus_floor
             for f_index, (method, nfe) in enumerate(runs):
                 key = jax.random.fold_in(jax.random.fold_in(base_key, 3 * 10**6 + f_index), nfe)
                 res = run_method(key, method, mixture, nfe, nf * seeds)
@@ -212,59 +277,50 @@ def main(argv=None):
                 print(f"{name:14s} focus {method:15s} nfe={nfe:5d} "
                       f"ED={_mean(focus[method, nfe], 'energy_distance'):.5f} "
                       f"MWE={_mean(focus[method, nfe], 'mode_weight_error'):.4f}", flush=True)
-            verdicts.append([name, f"exact vs exact (n = {nf})"]
-                            + [summarize(focus_floor, k, "{:.5f}")
-                               for k in ("energy_distance", "mode_weight_error")])
         if args.ablation:
             nf = args.focus_samples or n
             rows = run_ablations(mixture, base_key, nf, seeds)
             floor_ab = [exact_floor(mixture, nf, jax.random.fold_in(
                 jax.random.fold_in(base_key, 5 * 10**6), s)) for s in range(seeds)]
-            rows.append(["exact vs exact", "-", "-", "-", "-",
+            rows.append(["exact vs exact", "-", "-", "-", "-", "-",
                          summarize(floor_ab, "energy_distance", "{:.5f}"),
                          summarize(floor_ab, "mode_weight_error", "{:.4f}")])
             ablation_sections.append("\n".join([
                 f"### {name}", "", markdown_table(
-                    ["configuration", "measured nfe", "K", "S", "acceptance", "energy distance",
-                     "mode-weight error"], rows)]))
-        if not args.focus_samples and "ddpm" in methods and 1000 in budgets and 100 in budgets:
-            focus = {key: results[key][0] for key in results}
+                    ["configuration", "score evals", "K", "S", "acceptance", "clip rate",
+                     "energy distance", "mode-weight error"], rows)]))
         if focus:
-            for method in [m for m in methods if m.startswith("rtk")]:
-                cells = []
-                for key_name in ("energy_distance", "mode_weight_error"):
-                    rtk_vals = [d[key_name] for d in focus[method, 100]]
-                    ddpm_vals = [d[key_name] for d in focus["ddpm", 1000]]
-                    diff = np.mean(rtk_vals) - np.mean(ddpm_vals)
-                    se = np.sqrt(np.var(rtk_vals, ddof=1) / seeds + np.var(ddpm_vals, ddof=1) / seeds
-                                 ) if seeds > 1 else float("nan")
-                    cells.append(f"{np.mean(rtk_vals):.5f} vs {np.mean(ddpm_vals):.5f} "
-                                 f"(diff {diff:+.5f} ± {se:.5f})")
-                verdicts.append([name, method] + cells)
+            verdicts += _verdict_rows(name, focus, seeds)
     wall = time.perf_counter() - start
     intro = (f"Each cell: mean ± sd over {seeds} groups of {n} samples, each scored against its own "
              f"{n} exact draws by `benchmarks/common.py:evaluate` (energy distance: V-statistic; "
              "sliced W2: 128 random directions; mode-weight error: total variation between the "
              "component frequencies and the weights). The row 'exact vs exact' scores exact draws "
              "the same way: nothing can do better at this sample size. nfe = score evaluations per "
-             "sample, all counted (RTK-MALA-exact also makes the 'energy evals' of the cost table). "
+             "sample, all counted (rtk-mala-energy also makes the 'energy evals' of the cost "
+             "table; "
+             "the factory's cost is random: evaluations per particle, and what the vmapped batch "
+             "executed beside them). "
              "t_min = 1e-3, t_max = `processes.default_t_max(dim)` for dpm-solver++ and RTK; the "
              "Li-Yan schedule for ddpm.\n")
     verdict = ""
     if verdicts:
         nf = args.focus_samples or n
-        verdict = ("## RTK at 100 evaluations against DDPM at 1000\n\n"
+        verdict = ("## RTK at 100 evaluations against the floor, DPM-Solver++ at 100 and DDPM at "
+                   "1000\n\n"
                    f"A separate run with {seeds} groups of {nf} samples (more than the tables below, "
-                   "to resolve differences near the floor). Mean over seeds, difference RTK - DDPM ± "
-                   "its standard error (negative: RTK is better); the exact-vs-exact row is the floor "
-                   "(mean ± sd).\n\n" + markdown_table(
-                       ["target", "RTK row", "energy distance (RTK@100 vs DDPM@1000)",
-                        "mode-weight error (RTK@100 vs DDPM@1000)"], verdicts))
+                   "to resolve differences near the floor). Each metric: mean ± sd over seeds, then "
+                   "the difference of means to the exact-versus-exact floor, to DPM-Solver++ at 100 "
+                   "and to DDPM at 1000, ± its standard error (negative: the row is better).\n\n"
+                   + markdown_table(["target", "row", "energy distance", "- floor",
+                                     "- DPM-Solver++@100", "- DDPM@1000", "mode-weight error",
+                                     "- floor", "- DPM-Solver++@100", "- DDPM@1000"], verdicts))
     if ablation_sections:
         nf = args.focus_samples or n
         verdict += ("\n## Design ablations\n\n"
-                    f"RTK at nfe = 100 (and 50) with exact energies for MALA, {seeds} groups of {nf} "
-                    "samples (mean ± sd). Each row changes one choice of the defaults.\n\n"
+                    f"RTK at nfe = 100 (and 50), {seeds} groups of {nf} samples (mean ± sd); "
+                    "'factory' rows use scores only, 'energy' rows the exact energy. Each row "
+                    "changes one choice of the defaults. Evaluations are per particle.\n\n"
                     + "\n".join(ablation_sections) + "\n")
     notes = _read_notes(args.out)
     write_report(args.out, "RTK samplers on exact-score mixtures",

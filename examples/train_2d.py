@@ -31,21 +31,6 @@ SAMPLERS = {
 }
 
 
-def available_methods():
-    """The samplers of SAMPLERS whose module exists in this installation."""
-    found = []
-    for method in SAMPLERS:
-        if method not in diffusion.METHODS:
-            continue
-        module, name = diffusion.METHODS[method].split(":")
-        try:
-            getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            continue
-        found.append(method)
-    return found
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="two-moons", choices=datasets.NAMES_2D)
@@ -64,10 +49,8 @@ def main(argv=None):
 
     k_data, k_train, k_sample = jax.random.split(jax.random.key(args.seed), 3)
     data, held_out = datasets.train_test_split(args.dataset, k_data, num_test=args.num_samples)
-    methods = available_methods()
-    needed = {SAMPLERS[m][0] for m in methods} | {"eps"}
     nets = {}
-    for param in sorted(needed):
+    for param in sorted({network for network, _ in SAMPLERS.values()}):
         print(f"training the {param} network on {args.dataset} ({args.steps} steps)")
         nets[param] = train.fit_score(
             jax.random.fold_in(k_train, ord(param[0])), data, parameterization=param,
@@ -77,8 +60,7 @@ def main(argv=None):
 
     second_moment = float(np.mean(np.sum(np.square(np.asarray(data)), axis=1)))
     results = {}
-    for method in methods:
-        param, options = SAMPLERS[method]
+    for method, (param, options) in SAMPLERS.items():
         net = nets[param]
         options = options(args.nfe)
         if method == "fors":

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -178,7 +179,7 @@ def check_array(name: str, value, *, ndim: int | None = None, shape: tuple | Non
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
     if shape is not None:
-        for i, (want, got) in enumerate(zip(shape, arr.shape)):
+        for want, got in zip(shape, arr.shape):
             if want is not None and want != got:
                 raise ValueError(f"{name} must have shape {shape} (None = any), got {arr.shape}")
         if len(shape) != arr.ndim:

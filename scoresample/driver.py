@@ -10,7 +10,7 @@ mesh (:mod:`scoresample.parallel`).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,6 @@
-"""Sample-quality distances between two point clouds, and the mode-weight error of a mixture.
+"""Sample quality: distances between point clouds, a mixture's mode weights, a learned score's error.
 
-All functions take concrete arrays of shape (n, d) and (m, d) and return Python floats. Pairwise
+The distances take concrete arrays of shape (n, d) and (m, d) and return Python floats. Pairwise
 sums are computed in blocks of rows (``block_size``), so 5000 x 5000 points in 16 dimensions need a few
 tens of megabytes, never the full (n, m, d) difference tensor.
 
@@ -11,6 +11,8 @@ tens of megabytes, never the full (n, m, d) difference tensor.
   sample sizes allowed).
 - :func:`mode_weight_error`: total variation between the empirical component frequencies and the
   mixture weights.
+- :func:`relative_score_error`: the relative L2 error of a (learned) score under p_t against the
+  exact score of a target, one value per time.
 
 Calibration: with ``unbiased=False`` (the V-statistic, the default) two independent samples of sizes
 n and m from the same law give E[energy_distance] = (1/n + 1/m) E|X - X'| > 0; report it next to the
@@ -32,10 +34,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.base import check_array, check_bool, check_int, check_key, check_positive
+from scoresample.base import (
+    check_array,
+    check_bool,
+    check_callable,
+    check_int,
+    check_key,
+    check_positive,
+)
 
 __all__ = ["energy_distance", "mmd", "median_bandwidth", "sliced_wasserstein", "mode_weight_error",
-           "pairwise_sum"]
+           "pairwise_sum", "relative_score_error"]
 
 _DEFAULT_BLOCK = 256
 
@@ -229,3 +238,29 @@ def mode_weight_error(samples, mixture) -> float:
     labels = np.asarray(mixture.assign(jnp.asarray(samples, jnp.result_type(float))))
     freq = np.bincount(labels, minlength=weights.shape[0]) / samples.shape[0]
     return float(0.5 * np.sum(np.abs(freq - weights)))
+
+
+def relative_score_error(rng_key, score_fn, target, times, *, num_samples: int = 8192) -> np.ndarray:
+    """Relative L2 error of ``score_fn`` under p_t, for each t in ``times``.
+
+    err(t) = sqrt( E_{x ~ p_t} |score_fn(x, t) - s_t(x)|^2 / E_{x ~ p_t} |s_t(x)|^2 ), with the exact
+    score s_t and exact draws from p_t of ``target`` (a :mod:`scoresample.targets` object with
+    ``.sample(rng_key, n, t)`` and ``.score(x, t)``), estimated from ``num_samples`` draws per time.
+    """
+    check_key("rng_key", rng_key)
+    check_callable("score_fn", score_fn)
+    num_samples = check_int("num_samples", num_samples)
+    times = check_array("times", np.atleast_1d(np.asarray(times, dtype=np.float64)), ndim=1)
+    if np.any(times <= 0):
+        raise ValueError("times must be > 0")
+
+    @jax.jit
+    def error(x, t):
+        exact = jax.vmap(lambda y: target.score(y, t))(x)
+        approx = jax.vmap(lambda y: score_fn(y, t))(x)
+        return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(approx - exact), axis=-1))
+                        / jnp.mean(jnp.sum(jnp.square(exact), axis=-1)))
+
+    keys = jax.random.split(rng_key, times.shape[0])
+    return np.array([float(error(target.sample(k, num_samples, t=float(t)), t))
+                     for k, t in zip(keys, times)])

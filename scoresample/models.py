@@ -1,9 +1,12 @@
-"""Small JAX models with data shipped in installed packages (nothing is downloaded).
+"""Small example models with their data (nothing is downloaded).
 
 - :func:`breast_cancer_logistic`: Bayesian logistic regression on scikit-learn's Wisconsin
   breast-cancer data (569 tumours, 30 features, label 1 = benign), features standardised, plus an
   intercept; prior N(0, prior_scale^2 I) on all 31 coefficients. A smooth, strongly log-concave
   posterior with correlated coordinates: the standard test case for gradient-based samplers.
+- :func:`eight_schools_numpyro` with :data:`EIGHT_SCHOOLS_DATA`: Rubin's eight schools,
+  non-centred, as a NumPyro model (posteriordb's program), for ``scoresample.sample``'s NumPyro
+  front end.
 
 Example:
     >>> model = breast_cancer_logistic()
@@ -15,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +26,8 @@ import numpy as np
 
 from scoresample.base import check_positive
 
-__all__ = ["LogDensityModel", "breast_cancer_logistic"]
+__all__ = ["LogDensityModel", "breast_cancer_logistic", "eight_schools_numpyro",
+           "EIGHT_SCHOOLS_DATA"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,3 +83,32 @@ def breast_cancer_logistic(prior_scale: float = 1.0) -> LogDensityModel:
                    f"standardised features + intercept), prior N(0, {prior_scale:g}^2 I)")
     return LogDensityModel(logdensity_fn, design.shape[1], names,
                            {"X": design, "y": labels}, description)
+
+
+#: Rubin's eight schools: estimated effects y and their standard errors sigma.
+EIGHT_SCHOOLS_DATA = {"y": [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0],
+                      "sigma": [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]}
+
+
+def eight_schools_numpyro(sigma, y=None):
+    """Non-centred eight schools as a NumPyro model (the posteriordb program, written in NumPyro).
+
+    mu ~ N(0, 5), tau ~ half-Cauchy(0, 5), theta_trans_j ~ N(0, 1), theta = mu + tau theta_trans,
+    y_j ~ N(theta_j, sigma_j).
+
+    Example:
+        >>> from scoresample import sample
+        >>> data = EIGHT_SCHOOLS_DATA
+        >>> dt = sample(jax.random.key(0), eight_schools_numpyro, method="rtk",
+        ...             model_args=(np.asarray(data["sigma"]),),
+        ...             model_kwargs={"y": np.asarray(data["y"])})
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+    with numpyro.plate("school", len(sigma)):
+        theta_trans = numpyro.sample("theta_trans", dist.Normal(0.0, 1.0))
+        theta = numpyro.deterministic("theta", mu + tau * theta_trans)
+        numpyro.sample("y", dist.Normal(theta, sigma), obs=y)

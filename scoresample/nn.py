@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scoresample.base import check_in, check_int, check_positive
+from scoresample import processes
+from scoresample.base import check_in, check_int, check_positive, key_bits
 
 __all__ = [
     "PARAMETERIZATIONS",
@@ -55,11 +56,6 @@ __all__ = [
 
 PARAMETERIZATIONS = ("eps", "score", "energy")
 TIME_EMBEDDINGS = ("sinusoidal", "fourier")
-
-
-def _log_snr(t):
-    """lambda_t = log(a_t / s_t) = -0.5 log(expm1(2t)), in the dtype of t (traced-friendly)."""
-    return -0.5 * jnp.log(jnp.expm1(2.0 * t))
 
 
 class FourierFrequencies(nnx.Variable):
@@ -113,17 +109,15 @@ class TimeEmbedding(nnx.Module):
 def _lecun_uniform(key, shape, dtype=jnp.float32):
     """LeCun scaling (variance 1 / fan_in) with a uniform law, fan_in = prod(shape[:-1]).
 
-    With a concrete key the draw is made by numpy (seeded by the key's bits): every new kernel shape
-    would otherwise compile its own XLA program, about a second each, which made building the conv
-    net take longer than a training chunk. Under tracing (``nnx.eval_shape``, ``nnx.jit``) it is an
+    With a concrete key the draw is made by numpy (seeded by the key's bits): ``jax.random`` would
+    compile one XLA program per kernel shape, about a second each, and building the conv net would
+    take longer than a training chunk. Under tracing (``nnx.eval_shape``, ``nnx.jit``) it is an
     ordinary ``jax.random.uniform``.
     """
     limit = math.sqrt(3.0 / max(1, math.prod(shape[:-1])))
     if isinstance(key, jax.core.Tracer):
         return jax.random.uniform(key, shape, dtype, -limit, limit)
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    bits = np.asarray(jax.random.key_data(key) if typed else key).ravel()
-    rng = np.random.default_rng([int(b) for b in bits])
+    rng = np.random.default_rng([int(b) for b in key_bits(key).ravel()])
     return jnp.asarray(rng.uniform(-limit, limit, size=shape), dtype=dtype)
 
 
@@ -173,7 +167,7 @@ class MLP(nnx.Module):
     def __call__(self, u, lam):
         emb = self.embed(lam)
         h = self.dense_in(u)
-        for lin1, lin_t, lin2 in zip(self.blocks_1, self.blocks_t, self.blocks_2):
+        for lin1, lin_t, lin2 in zip(self.blocks_1, self.blocks_t, self.blocks_2, strict=True):
             h = h + lin2(nnx.silu(lin1(nnx.silu(h)) + lin_t(emb)))
         return self.dense_out(nnx.silu(h))
 
@@ -282,12 +276,12 @@ class ScoreModel(nnx.Module):
             raise ValueError(f"x must have last axis of size {self.dim}, got shape {x.shape}")
         t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), x.shape[:-1])
         a2 = jnp.exp(-2.0 * t)
-        s2 = -jnp.expm1(-2.0 * t)
+        s2 = processes.sigma2(t)
         c = jax.lax.rsqrt(a2 * self.data_std**2 + s2)
         return x, t, jnp.sqrt(s2), c
 
     def _residual(self, x, t, c):
-        return self.backbone(c[..., None] * x, _log_snr(t)).astype(x.dtype)
+        return self.backbone(c[..., None] * x, processes.log_snr(t)).astype(x.dtype)
 
     # ----- public outputs -----------------------------------------------------------------------
     def energy(self, x, t):
@@ -297,7 +291,7 @@ class ScoreModel(nnx.Module):
                              f"{self.parameterization!r}")
         x, t, s, c = self._prepare(x, t)
         u = c[..., None] * x
-        h = self.backbone(u, _log_snr(t)).astype(x.dtype)
+        h = self.backbone(u, processes.log_snr(t)).astype(x.dtype)
         return 0.5 * jnp.sum(jnp.square(u), axis=-1) + jnp.sum(u * h, axis=-1) / (s * c)
 
     def score(self, x, t):
@@ -317,8 +311,7 @@ class ScoreModel(nnx.Module):
             x, t, s, c = self._prepare(x, t)
             return (s * c * c)[..., None] * x + self._residual(x, t, c)
         x_arr = jnp.asarray(x)
-        s = jnp.sqrt(-jnp.expm1(-2.0 * jnp.broadcast_to(jnp.asarray(t, x_arr.dtype),
-                                                         x_arr.shape[:-1])))
+        s = processes.sigma(jnp.broadcast_to(jnp.asarray(t, x_arr.dtype), x_arr.shape[:-1]))
         return -s[..., None] * self.score(x, t)
 
     def __call__(self, x, t):

@@ -45,7 +45,6 @@ __all__ = [
 
 PARTICLES = "particles"
 TIME = "time"
-AXIS = PARTICLES  # the leading-axis name used by batch_sharding (kept for older callers)
 
 _MESH: contextvars.ContextVar = contextvars.ContextVar("scoresample_mesh", default=None)
 

@@ -23,8 +23,14 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test,docs]"
-# Headless Chromium renders the HTML report in its test; Debian's package, when apt is available.
-if [ "${SCORESAMPLE_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "bootstrap: chromium not installed; the report screenshot test will be skipped" >&2
+# Headless Chromium renders the HTML report in its test (tests/test_report.py finds it on PATH):
+# Debian's package, installed with apt-get as root (or through sudo). Under CI a missing Chromium
+# fails that test, so a failed install is reported here.
+if [ "${SCORESAMPLE_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 \
+    && ! command -v chromium-browser >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium \
+      >/dev/null) \
+    || echo "bootstrap: could not install chromium (apt-get); the report screenshot test needs it" >&2
 fi

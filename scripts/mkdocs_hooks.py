@@ -8,15 +8,23 @@ when they are run, so the set of pages is not known when ``mkdocs.yml`` is writt
 - replace the marker ``<!-- benchmark-pages -->`` in ``docs/benchmarks/index.md`` by a table with a
   link to each page, its title and the command that produced it (the first command found in the
   page's code blocks that runs a script under ``benchmarks/``).
+
+They also render the math at build time: ``pymdownx.arithmatex`` (generic mode) leaves each formula
+as ``\\( ... \\)`` in a ``span.arithmatex`` (``\\[ ... \\]`` in a ``div``), and
+:func:`render_math` replaces it by MathML from ``latex2mathml`` (a docs dependency), which browsers
+draw natively: the site needs no script and no CDN to show its formulas, and a formula that does
+not convert fails the build.
 """
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
 MARKER = "<!-- benchmark-pages -->"
-_COMMAND = re.compile(r"^\s*(?:\$\s*)?((?:\S*python3?|\S*scoresample)\s+(?:-m\s+\S+\s+)?\S*benchmarks?\S*.*)$")
+_COMMAND = re.compile(
+    r"^\s*(?:\$\s*)?((?:\S*python3?|\S*scoresample)\s+(?:-m\s+\S+\s+)?\S*benchmarks?\S*.*)$")
 
 
 def benchmark_pages(docs_dir: str | Path) -> list[Path]:
@@ -73,3 +81,39 @@ def on_page_markdown(markdown, page, config, files):
                         + (f"`{command}`" if command else "(see the page)") + " |")
         table = "\n".join(rows)
     return markdown.replace(MARKER, table)
+
+
+_MATH = re.compile(r'<(span|div) class="arithmatex">\\([(\[])(.*?)\\([)\]])</\1>', re.DOTALL)
+
+
+def render_math(text: str) -> str:
+    """Replace every arithmatex formula of a page's HTML by MathML (inline or display)."""
+    from latex2mathml.converter import convert
+
+    def one(match):
+        tag, opening, latex = match.group(1), match.group(2), html.unescape(match.group(3))
+        display = "block" if opening == "[" else "inline"
+        try:
+            mathml = convert(latex.strip(), display=display)
+        except Exception as err:  # the converter raises many kinds; the build must name the formula
+            raise ValueError(f"latex2mathml could not render {latex!r}: {err}") from err
+        return f"<{tag} class=\"arithmatex\">{mathml}</{tag}>"
+
+    return _MATH.sub(one, text)
+
+
+_TOC_MATH = re.compile(r"\\\((.*?)\\\)")
+
+
+def _toc_math(items) -> None:
+    """The table of contents repeats headings as text: render their inline formulas too."""
+    from latex2mathml.converter import convert
+
+    for item in items:
+        item.title = _TOC_MATH.sub(lambda m: convert(html.unescape(m.group(1))), item.title)
+        _toc_math(item.children)
+
+
+def on_page_content(html_text, page, config, files):
+    _toc_math(page.toc.items)
+    return render_math(html_text)

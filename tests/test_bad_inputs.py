@@ -123,8 +123,14 @@ CASES = [
      "nfe"),
     ("diffusion-rtk-mala-energy_fn-vector", lambda: _diffusion(
         method="rtk-mala", energy_fn=lambda x, t: x), ValueError, "energy_fn"),
-    ("diffusion-rtk-mala-energy-unknown", lambda: _diffusion(method="rtk-mala", energy="approx"),
-     ValueError, "energy"),
+    ("diffusion-rtk-mala-acceptance-unknown", lambda: _diffusion(method="rtk-mala",
+                                                                 acceptance="approx"),
+     ValueError, "acceptance"),
+    ("diffusion-rtk-mala-energy-without-energy_fn", lambda: _diffusion(method="rtk-mala",
+                                                                       acceptance="energy"),
+     ValueError, "energy_fn"),
+    ("diffusion-rtk-mala-option-unknown", lambda: _diffusion(method="rtk-mala", energy="approx"),
+     TypeError, "energy"),
     ("diffusion-fors-delta-above-one", lambda: _diffusion(method="fors", delta=1.5), ValueError,
      "delta"),
     ("diffusion-picard-block_sizes-sum", lambda: _diffusion(

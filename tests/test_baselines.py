@@ -151,7 +151,8 @@ def test_ei_sampled_moments_equal_linear_recursion(grid):
 
 
 def _exact_flow(mean0, cov0, x_T, t_max, t_min):
-    """The probability-flow ODE on Gaussian data: x_t = a_t mu + Q diag(sqrt(v_t / v_T)) Q^T (x_T - a_T mu)."""
+    """The probability-flow ODE on Gaussian data:
+    x_t = a_t mu + Q diag(sqrt(v_t / v_T)) Q^T (x_T - a_T mu)."""
     lam, Q = np.linalg.eigh(cov0)
     v = lambda t: math.exp(-2 * t) * lam - math.expm1(-2 * t)
     scale = Q @ np.diag(np.sqrt(v(t_min) / v(t_max))) @ Q.T
@@ -329,7 +330,8 @@ def test_scaled_heun_euler_step_is_ddim_and_null_directions_are_exact():
     pred = w1[0, 0] * x + w1[0, 1] * (-x / -math.expm1(-2 * t0))
     new = (w2[0, 0] * pred + w2[0, 1] * (-pred / -math.expm1(-2 * t1))
            + w2[0, 3] * x + w2[0, 4] * (-x / -math.expm1(-2 * t0)))
-    exact = x * math.exp(-t1) * math.sqrt(math.expm1(2 * t1)) / (math.exp(-t0) * math.sqrt(math.expm1(2 * t0)))
+    exact = (x * math.exp(-t1) * math.sqrt(math.expm1(2 * t1))
+             / (math.exp(-t0) * math.sqrt(math.expm1(2 * t0))))
     assert new == pytest.approx(exact, rel=1e-13)
 
 
@@ -339,7 +341,8 @@ def test_heun_pf_ode_budget_layout():
     even = baselines.pf_ode_plan(g.score, dim=1, nfe=6, t_min=0.1, t_max=1.0, grid="uniform")
     odd = baselines.pf_ode_plan(g.score, dim=1, nfe=7, t_min=0.1, t_max=1.0, grid="uniform")
     np.testing.assert_allclose(even.settings["evaluation_times"], [1.0, 0.7, 0.7, 0.4, 0.4, 0.1])
-    np.testing.assert_allclose(odd.settings["evaluation_times"], [1.0, 0.775, 0.775, 0.55, 0.55, 0.325, 0.325])
+    np.testing.assert_allclose(odd.settings["evaluation_times"],
+                               [1.0, 0.775, 0.775, 0.55, 0.55, 0.325, 0.325])
 
 
 @pytest.mark.parametrize("method", ["ddpm", "ddpm-large"])

@@ -1,11 +1,13 @@
 """The scoresample command line: parsing, `sample`, `train` hand-off, `bench`, `demo`."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from scoresample import cli
+from scoresample import cli, models
+from scoresample.posteriordb import resolve_model
 
 
 def test_parser_knows_every_command():
@@ -51,7 +53,6 @@ def test_errors_are_reported_with_exit_code_2(tmp_path, capsys):
     assert "unknown name" in capsys.readouterr().out
 
 
-@pytest.mark.usefixtures("posteriordb_root")
 def test_sample_writes_draws_and_report(tmp_path, capsys):
     from scoresample import diagnostics
 
@@ -68,13 +69,13 @@ def test_sample_writes_draws_and_report(tmp_path, capsys):
     assert "data:image/png;base64," in page.read_text()
 
 
-@pytest.mark.usefixtures("posteriordb_root")
 def test_resolve_model_kinds():
-    model, args, kwargs, ref = cli._resolve_model("eight_schools_numpyro")
-    assert model is cli.eight_schools_numpyro and len(args) == 1 and "y" in kwargs and ref is None
-    model, _, _, ref = cli._resolve_model("eight_schools")
-    assert set(ref) == {"theta", "mu", "tau"} and ref["theta"].shape[-1] == 8
-    model, _, _, _ = cli._resolve_model("breast_cancer")
+    model, args, kwargs, ref = resolve_model("eight_schools_numpyro")
+    assert (model is models.eight_schools_numpyro and len(args) == 1 and "y" in kwargs
+            and ref is None)
+    model, _, _, ref = resolve_model("eight_schools")
+    assert ref.variable_names == ("theta", "mu", "tau") and ref.num_params == 10
+    model, _, _, _ = resolve_model("breast_cancer")
     assert model.dim == 31 and set(model.constrain(np.zeros(31))) == {"intercept", "beta"}
 
 
@@ -92,7 +93,7 @@ def _fake_result(posterior, method, passed, ess, grads_per_draw):
 
 
 def test_bench_renders_its_tables_from_results(tmp_path):
-    bench = cli._load_benchmark_module()
+    from scoresample import bench
     results = {"kidiq|nuts|dense": _fake_result("kidiq", "nuts", True, 2000.0, 10.0),
                "kidiq|fors|dense": _fake_result("kidiq", "fors", False, 50.0, 5.0)}
     (tmp_path / "r.json").write_text(json.dumps(results))
@@ -107,15 +108,35 @@ def test_bench_renders_its_tables_from_results(tmp_path):
     assert "| fors (dense) | 1 | 0.05 |" in ess  # ESS/1k grad ratio to NUTS: 2.5 / 50
 
 
+def _tbody_rows(html: str) -> list[int]:
+    """Number of body rows of each table in ``html``, in order."""
+    return [body.count("<tr") for body in re.findall(r"<tbody>(.*?)</tbody>", html, re.DOTALL)]
+
+
 @pytest.mark.slow
 def test_demo_quick_writes_a_report(tmp_path, capsys):
+    """Every section of the demo ran (none skipped, e.g. for want of data) and each section's tables
+    have their rows: one per method in each comparison, one per parameter against the reference."""
     out = tmp_path / "demo" / "report.html"
     code = cli.main(["demo", "--out", str(out), "--quick", "--methods", "mala",
                      "--num-chains", "2", "--num-warmup", "60", "--num-draws", "60",
                      "--train-steps", "30"])
     assert code == 0
     text = out.read_text()
-    assert "logistic regression" in text and "eight schools" in text
-    assert "Score network" in text
     printed = capsys.readouterr().out
     assert "report:" in printed and "min ESS" in printed
+    assert "skipped" not in printed.lower() and "Skipped" not in text
+    sections = re.split(r"<h2>", text)[1:]
+    titles = [s.split("</h2>", 1)[0] for s in sections]
+    assert titles[:2] == ["logistic regression (breast cancer, d=31)",
+                          "eight schools (non-centred, d=10)"], titles
+    assert any(t.startswith("Score network") for t in titles), titles
+    logistic, schools = sections[0], sections[1]
+    # comparison table: one row per method (one here); then the run's summary (one row per
+    # component: intercept + 30 coefficients for the regression)
+    assert _tbody_rows(logistic)[0] == 1 and 31 in _tbody_rows(logistic)
+    # eight schools adds the reference z-scores: theta[0..7], mu, tau
+    assert _tbody_rows(schools)[0] == 1 and "Against the reference" in schools
+    assert _tbody_rows(schools.split("Against the reference", 1)[1])[0] == 10
+    net = next(s for t, s in zip(titles, sections) if t.startswith("Score network on"))
+    assert _tbody_rows(net)[0] >= 2  # a row per diffusion sampler

@@ -177,19 +177,33 @@ def _host_counted(fn=MIX.score):
     return score, calls
 
 
-@pytest.mark.parametrize("method, options", [
-    ("paradigms", dict(num_steps=24, window=8, tol=1e-3)),
-    pytest.param("fors", dict(delta=0.3, constant=0.1), marks=pytest.mark.slow),  # ~12 s compile
-])
-def test_nfe_counts_the_masked_work_of_data_dependent_loops(method, options):
+def test_nfe_counts_the_masked_work_of_data_dependent_loops():
     """Under vmap a while_loop runs every particle until the slowest is done: nfe is that, the
     host-side count of executed evaluations per particle, and exceeds what the particles needed."""
     n = 6
     score, calls = _host_counted()
-    res = diffusion.sample(jax.random.key(3), method, score, dim=2, num_samples=n, **options)
+    res = diffusion.sample(jax.random.key(3), "paradigms", score, dim=2, num_samples=n,
+                           num_steps=24, window=8, tol=1e-3)
     assert calls[0] == n * res.nfe
     assert int(np.sum(res.info.num_grad_evals)) == res.nfe
     assert int(np.sum(res.info.num_rounds)) == res.rounds
+    assert res.nfe_needed < res.nfe
+
+
+@pytest.mark.slow
+def test_nfe_of_the_autobatched_fors_counts_every_lane_and_the_pilot():
+    """FORS runs on the autobatching driver: every evaluation that ran (the pilot's, and idle
+    lanes') is in nfe, and the host-side count of executed evaluations equals n * nfe exactly;
+    per step, info holds what a particle needed on average."""
+    n = 6
+    score, calls = _host_counted()
+    res = diffusion.sample(jax.random.key(3), "fors", score, dim=2, num_samples=n, delta=0.3,
+                           constant=0.1)
+    assert calls[0] == round(n * res.nfe)
+    s = res.settings
+    assert n * res.nfe == pytest.approx(s["nfe_pilot"] + n * s["nfe_executed_run"])
+    np.testing.assert_allclose(np.sum(res.info.num_grad_evals), s["nfe_needed_run"], rtol=1e-9)
+    assert s["nfe_needed_run"] <= s["nfe_executed_run"]
     assert res.nfe_needed < res.nfe
 
 

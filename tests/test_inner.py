@@ -8,14 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from scipy import stats
 
 from scoresample import targets
 from scoresample.kernels.inner import (
     ULDState,
+    factory_test,
     init_inner,
     mala_chain,
+    mala_factory_chain,
     quadrature_rule,
     score_line_integral,
+    trapezoid_correction,
     uld_chain,
     uld_coefficients,
 )
@@ -279,3 +283,150 @@ def test_uld_bias_vanishes_with_the_step():
             for tau in (0.2, 0.1, 0.05)]
     # first order in tau
     assert 1.6 < errs[0] / errs[1] < 2.4 and 1.6 < errs[1] / errs[2] < 2.4
+
+
+# ----- MALA with the Bernoulli-factory test (scores only) ------------------------------------------
+
+
+# two overlapping anisotropic components: the score bends along every MALA step, so the trapezoid
+# energy difference is biased while a one-score estimate of its error is unbiased
+FACTORY_MIX = targets.GaussianMixture(
+    np.array([0.3, 0.7]), np.array([[-1.0, 0.0], [1.0, 0.5]]),
+    np.array([0.25 * np.eye(2), [[0.3, 0.1], [0.1, 0.2]]]))
+
+
+def _mixture_potentials(mix, t=0.0):
+    with_value = lambda z: (mix.energy(z, t), -mix.score(z, t), ())
+    gradient_only = lambda z: (jnp.zeros(()), -mix.score(z, t), ())
+    return with_value, gradient_only
+
+
+def _exact_correction_moments(potential_fn, start, new, clip):
+    """delta = log r - log r_trap exactly, and E[clip(R / 2)] by a fine midpoint rule in u."""
+    u = (np.arange(20000) + 0.5) / 20000
+    step = new.position - start.position
+    estimates = jax.vmap(lambda v: -jnp.vdot(
+        potential_fn(start.position + v * step)[1] - (1 - v) * start.grad - v * new.grad, step))(
+        jnp.asarray(u))
+    delta = float(0.5 * jnp.vdot(step, start.grad + new.grad) - (new.potential - start.potential))
+    return delta, float(jnp.mean(jnp.clip(estimates / 2, -clip, clip))), np.asarray(estimates)
+
+
+@pytest.mark.parametrize("clip", [0.05, 1.0])
+def test_factory_acceptance_equals_its_closed_form(clip):
+    # given the states: P(accept) = min(1, e^{log r_trap}) exp(E[clip(R/2, B)] - B); with B = 0.05
+    # some estimates are clipped and the closed form uses the clipped mean
+    potential_fn, gradient_only = _mixture_potentials(FACTORY_MIX)
+    start = init_inner(jnp.array([0.2, -0.4]), potential_fn)
+    new = init_inner(jnp.array([0.7, 0.1]), potential_fn)
+    delta, clipped_mean, estimates = _exact_correction_moments(potential_fn, start, new, clip)
+    # the one-score estimate is unbiased for the trapezoid's error
+    assert float(np.mean(estimates)) == pytest.approx(delta, rel=1e-6)
+    assert (np.max(np.abs(estimates)) / 2 > clip) == (clip < 0.5)
+    start_g, new_g = (init_inner(s.position, gradient_only) for s in (start, new))
+    num = 200000
+    keys = jax.random.split(jax.random.key(11), num)
+    for log_ratio in (-0.7, 0.4):
+        test = jax.jit(jax.vmap(lambda k: factory_test(k, log_ratio, start_g, new_g, gradient_only,
+                                                        clip)[1]))
+        info = test(keys)
+        prob = min(1.0, math.exp(log_ratio)) * math.exp(clipped_mean - clip)
+        freq = float(jnp.mean(info.is_accepted))
+        assert abs(freq - prob) < Z_MAX * math.sqrt(prob * (1 - prob) / num)
+        # coins run only after a first-stage acceptance, J ~ Poisson(2B) of them with early
+        # rejection: E[evals] = P(first) sum_k P(J >= k) p^{k-1}, p = (B + E clip(W)) / (2B)
+        p = (clip + clipped_mean) / (2 * clip)
+        ks = np.arange(1, 200)
+        tail = 1.0 - stats.poisson.cdf(ks - 1, 2 * clip)
+        expected = min(1.0, math.exp(log_ratio)) * float(np.sum(tail * p ** (ks - 1)))
+        evals = np.asarray(info.num_evals, dtype=np.float64)
+        assert abs(evals.mean() - expected) < Z_MAX * evals.std() / math.sqrt(num)
+        np.testing.assert_array_equal(info.num_evals, info.num_coins)
+        assert (int(jnp.sum(info.num_clipped)) > 0) == (clip < 0.5)
+        assert not bool(jnp.any(info.is_divergent))
+
+
+def _moment_z_scores(samples, reference):
+    """z-scores of the means, variances and P(x_0 < 0) of samples against a large exact sample."""
+    def stats_of(x):
+        return np.array([*x.mean(0), *x.var(0), np.mean(x[:, 0] < 0)])
+
+    n = samples.shape[0]
+    ref = stats_of(reference)
+    centred = reference - reference.mean(0)
+    sd = np.array([*reference.std(0), *np.std(centred**2, axis=0),
+                   math.sqrt(ref[-1] * (1 - ref[-1]))]) / math.sqrt(n)
+    return (stats_of(samples) - ref) / sd
+
+
+@pytest.mark.parametrize("target,correction,passes", [
+    ("gaussian", "unbiased", True),
+    ("mixture", "unbiased", True),
+    ("mixture", "trapezoid", False),  # MALA on the trapezoid difference alone: biased on a mixture
+    ("mixture", "biased", False),  # the factory on a deliberately biased energy difference
+])
+def test_factory_mala_keeps_the_target_exactly_invariant(target, correction, passes):
+    # exact draws in, 20 MALA steps from gradients only, exact law out; the negative controls run
+    # the same test and fail it by many standard errors
+    mix = (targets.GaussianMixture(np.ones(1), CORR_MEAN[None], CORR_COV[None])
+           if target == "gaussian" else FACTORY_MIX)
+    _, gradient_only = _mixture_potentials(mix)
+    num = 20000
+    start = mix.sample(jax.random.key(1), num)
+
+    def biased(key, potential_fn, old, new):
+        # estimates U(z') - U(z) + 0.1 (|z'|^2 - |z|^2): the chain then targets p exp(-0.1 |z|^2)
+        return trapezoid_correction(key, potential_fn, old, new) + 0.1 * (
+            jnp.vdot(new.position, new.position) - jnp.vdot(old.position, old.position))
+
+    def trapezoid(old, new):
+        return 0.5 * jnp.vdot(new.position - old.position, old.grad + new.grad)
+
+    def run(key, x):
+        state = init_inner(x, gradient_only)
+        if correction == "trapezoid":
+            return mala_chain(key, state, gradient_only, 0.1, 20, trapezoid)
+        return mala_factory_chain(key, state, gradient_only, 0.1, 20, 1.0,
+                                  correction_fn=biased if correction == "biased" else
+                                  trapezoid_correction)
+
+    final, info = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(3), num), start)
+    assert not bool(jnp.any(info.is_divergent))
+    if correction != "trapezoid":
+        clip_rate = float(jnp.sum(info.num_clipped)) / float(jnp.sum(info.num_coins))
+        assert clip_rate < 5e-3
+    z = _moment_z_scores(np.asarray(final.position),
+                         np.asarray(mix.sample(jax.random.key(2), 400000)))
+    assert (np.max(np.abs(z)) < Z_MAX) == passes, z
+    if not passes:
+        assert np.max(np.abs(z)) > 2 * Z_MAX
+
+
+def test_factory_mala_counts_every_evaluation():
+    # one particle, no vmap: the callback fires once per executed evaluation
+    calls = [0]
+
+    def gradient_only(z):
+        jax.debug.callback(lambda _: calls.__setitem__(0, calls[0] + 1), z)
+        return jnp.zeros(()), -FACTORY_MIX.score(z, 0.0), ()
+
+    chain = jax.jit(lambda k, x: mala_factory_chain(k, init_inner(x, gradient_only), gradient_only,
+                                                    0.2, 10, 0.5))
+    for seed in range(5):
+        calls[0] = 0
+        _, info = chain(jax.random.key(seed), jnp.array([0.3, -0.2]))
+        jax.block_until_ready(info)
+        assert calls[0] == 1 + 10 + int(info.num_evals)
+        assert int(info.num_rounds) == int(info.num_evals)  # one coin per round
+
+
+def test_factory_mala_refuses_non_finite_scores():
+    # the gradient is NaN off the unit ball: such proposals and coin points are refused and flagged
+    def gradient_only(z):
+        inside = jnp.sum(z**2) < 1.0
+        return jnp.zeros(()), jnp.where(inside, z + 0.3 * z**3, jnp.nan), ()
+
+    state, info = mala_factory_chain(jax.random.key(6), init_inner(jnp.zeros(2), gradient_only),
+                                     gradient_only, 0.8, 40, 0.5)
+    assert bool(jnp.all(jnp.isfinite(state.position))) and float(jnp.sum(state.position**2)) < 1
+    assert bool(info.is_divergent)

@@ -3,7 +3,6 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
@@ -57,7 +56,8 @@ def test_blocking_does_not_change_the_result():
 
 def _abs_normal_mean(mu, var):
     s = math.sqrt(var)
-    return s * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * var)) + mu * (1 - 2 * scipy.stats.norm.cdf(-mu / s))
+    return (s * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * var))
+            + mu * (1 - 2 * scipy.stats.norm.cdf(-mu / s)))
 
 
 def test_energy_distance_monte_carlo_calibration():

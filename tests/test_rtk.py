@@ -7,12 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from test_inner import _uld_stationary_cov
 
 import scoresample
-from scoresample import diffusion, targets
+from scoresample import diffusion, metrics, processes, targets
 from scoresample.kernels import rtk as rtk_module
-from scoresample.kernels.inner import uld_coefficients
+from scoresample.kernels.inner import (
+    init_inner,
+    mala_factory_chain,
+    trapezoid_correction,
+    uld_coefficients,
+)
 from scoresample.kernels.rtk import (
     rtk,
     rtk_grid,
@@ -50,12 +56,14 @@ SEGMENTS = [(0.6, 0.2), (0.012, 0.006)]  # a mid-range segment and a stiff one n
 
 @pytest.mark.parametrize("t,eta,energy", [SEGMENTS[0] + ("exact",), SEGMENTS[1] + ("exact",),
                                           SEGMENTS[1] + ("gauss-legendre",),
-                                          SEGMENTS[0] + ("trapezoid",)])
+                                          SEGMENTS[0] + ("trapezoid",),
+                                          SEGMENTS[0] + ("factory",), SEGMENTS[1] + ("factory",)])
 def test_rtk_mala_solves_the_gaussian_subproblem(t, eta, energy):
     gauss = targets.Gaussian(DATA_MEAN, DATA_COV)
     x = np.array([0.3, 0.9])
-    kwargs = dict(energy_fn=gauss.energy) if energy == "exact" else dict(
-        energy="quadrature", quadrature=energy, num_nodes=2)
+    kwargs = (dict(energy_fn=gauss.energy) if energy == "exact" else
+              dict(acceptance="factory") if energy == "factory" else
+              dict(acceptance="quadrature", quadrature=energy, num_nodes=2))
     plan = rtk_mala_plan(gauss.score, dim=2, num_segments=1, num_inner_steps=60, t_min=t - eta,
                          t_max=t, grid="uniform", denoise=False, **kwargs)
     samples, info = _one_segment(plan, x, 2000, 0)
@@ -63,6 +71,11 @@ def test_rtk_mala_solves_the_gaussian_subproblem(t, eta, energy):
     mz, cz = _z_scores(samples, mean, cov)
     assert np.max(np.abs(mz)) < Z_MAX and np.max(np.abs(cz)) < Z_MAX
     assert 0.5 < float(jnp.mean(info.acceptance_rate)) < 1.0
+    if energy == "factory":
+        # Gaussian data: the trapezoid is exact, every estimate is 0 and nothing is clipped
+        np.testing.assert_array_equal(info.num_grad_evals, 1 + 1 + 60 + np.asarray(info.num_coins))
+        assert int(jnp.sum(info.num_clipped)) == 0 and int(jnp.sum(info.num_coins)) > 0
+        return
     evals_per_step = {"exact": 1, "gauss-legendre": 3, "trapezoid": 1}[energy]
     np.testing.assert_array_equal(info.num_grad_evals, 1 + 1 + 60 * evals_per_step)
     np.testing.assert_array_equal(info.num_energy_evals, 61 if energy == "exact" else 0)
@@ -86,6 +99,90 @@ def test_rtk_uld_solves_the_gaussian_subproblem_within_its_bias(t, eta):
     scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
     assert np.max(np.abs(stationary - cov) / scale) < rtk_module.RTK_ULD_COV_BIAS
     np.testing.assert_array_equal(info.num_grad_evals, 1 + 1 + 60)
+
+
+def _subproblem_mixture(mix, x, t, eta):
+    """The exact RTK subproblem law p_{t'}(z) N(z; e^eta x, rho I) for mixture data: a mixture."""
+    a, s2, rho = (float(f(v)) for f, v in ((processes.alpha, t - eta), (processes.sigma2, t - eta),
+                                            (processes.rho, eta)))
+    center = math.exp(eta) * np.asarray(x)
+    dim = center.shape[0]
+    weights, means, covs = [], [], []
+    for w, mu, cov in zip(np.asarray(mix.weights), np.asarray(mix.means), np.asarray(mix.covs)):
+        c = a**2 * cov + s2 * np.eye(dim)
+        weights.append(w * stats.multivariate_normal(a * mu, c + rho * np.eye(dim)).pdf(center))
+        post = np.linalg.inv(np.linalg.inv(c) + np.eye(dim) / rho)
+        means.append(post @ (np.linalg.solve(c, a * mu) + center / rho))
+        covs.append(post)
+    weights = np.array(weights)
+    return targets.GaussianMixture(weights / weights.sum(), np.array(means), np.array(covs))
+
+
+def _subproblem_potential(score_fn, x, t, eta):
+    """The RTK subproblem g from scores only, as the plan builds it: (0, grad g, score)."""
+    center = math.exp(eta) * jnp.asarray(x)
+    rho = float(processes.rho(eta))
+
+    def potential_fn(z):
+        score = score_fn(z, t - eta)
+        return jnp.zeros(()), -score + (z - center) / rho, score
+
+    return potential_fn
+
+
+MIXTURE_SEGMENT = (0.6, 0.2, np.array([0.3, 0.2]))  # x between the four modes: a 4-mode subproblem
+
+
+def _moment_z(samples, reference):
+    n = samples.shape[0]
+    ref_stats = np.array([*reference.mean(0), *reference.var(0)])
+    centred = reference - reference.mean(0)
+    sd = np.array([*reference.std(0), *np.std(centred**2, axis=0)]) / math.sqrt(n)
+    return (np.array([*samples.mean(0), *samples.var(0)]) - ref_stats) / sd
+
+
+@pytest.mark.parametrize("correction,passes", [("unbiased", True), ("biased", False)])
+def test_factory_inner_chain_keeps_the_mixture_subproblem_invariant(correction, passes):
+    # exact subproblem draws in, RTK's inner factory MALA (its step) from scores only, the exact
+    # subproblem law out; the negative control feeds the factory a biased estimate of the energy
+    # difference and fails the same test. B = 1 makes clipping rare (exact up to the clip rate)
+    mix = targets.four_modes_2d()
+    t, eta, x = MIXTURE_SEGMENT
+    law = _subproblem_mixture(mix, x, t, eta)
+    assert float(jnp.min(law.weights)) > 0.05  # every mode of the subproblem carries mass
+    potential_fn = _subproblem_potential(mix.score, x, t, eta)
+    plan = rtk_mala_plan(mix.score, dim=2, num_segments=1, num_inner_steps=3, t_min=t - eta,
+                         t_max=t, grid="uniform", acceptance="factory")
+    tau, clip = plan.settings["inner_step_sizes"][0], 1.0
+
+    def biased(key, potential_fn, old, new):
+        return trapezoid_correction(key, potential_fn, old, new) + 0.3 * (
+            jnp.vdot(new.position, new.position) - jnp.vdot(old.position, old.position))
+
+    def run(key, z):
+        return mala_factory_chain(key, init_inner(z, potential_fn), potential_fn, tau, 10, clip,
+                                  correction_fn=trapezoid_correction if passes else biased)
+
+    num = 20000
+    final, info = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(4), num),
+                                         law.sample(jax.random.key(5), num))
+    if passes:
+        assert 0.25 < float(jnp.mean(info.acceptance_rate)) < 0.5  # about e^-B
+        assert float(jnp.sum(info.num_clipped)) < 2e-3 * float(jnp.sum(info.num_coins))
+    z = _moment_z(np.asarray(final.position), np.asarray(law.sample(jax.random.key(6), 400000)))
+    assert (np.max(np.abs(z)) < Z_MAX) == passes, z
+
+
+def test_rtk_mala_factory_solves_the_mixture_subproblem():
+    # one segment from the DDPM proposal, 60 factory steps: the exact subproblem law (a mixture)
+    mix = targets.four_modes_2d()
+    t, eta, x = MIXTURE_SEGMENT
+    plan = rtk_mala_plan(mix.score, dim=2, num_segments=1, num_inner_steps=60, t_min=t - eta,
+                         t_max=t, grid="uniform", denoise=False, acceptance="factory")
+    samples, info = _one_segment(plan, x, 4000, 7)
+    reference = np.asarray(_subproblem_mixture(mix, x, t, eta).sample(jax.random.key(8), 400000))
+    assert np.max(np.abs(_moment_z(samples, reference))) < Z_MAX
+    assert not bool(jnp.any(info.is_divergent))
 
 
 def test_subproblem_moments_match_a_direct_product():
@@ -122,7 +219,7 @@ def test_eta_rule_grid_makes_every_subproblem_well_conditioned():
 
 @pytest.mark.parametrize("method,kwargs,per_step", [
     ("rtk-mala", dict(use_energy=True), 1),
-    ("rtk-mala", dict(quadrature="gauss-legendre", num_nodes=2), 3),
+    ("rtk-mala", dict(acceptance="quadrature", quadrature="gauss-legendre", num_nodes=2), 3),
     ("rtk-uld", dict(), 1),
 ])
 def test_every_score_evaluation_is_counted(method, kwargs, per_step):
@@ -148,6 +245,41 @@ def test_every_score_evaluation_is_counted(method, kwargs, per_step):
     assert calls["energy"] == (3 * k * (1 + s) if use_energy else 0)
     assert 3 * float(jnp.sum(res.info.num_energy_evals)) == calls["energy"]  # per-step means
     assert res.rounds == 1 + k * (1 + s)
+
+
+def test_every_score_evaluation_of_the_factory_is_counted():
+    # the coins make the cost random: one particle per run, so that the callback (which under vmap
+    # also fires for the masked lanes of the coin loops) counts what the particle executed
+    mix = targets.four_modes_2d()
+    calls = [0]
+
+    def score_fn(x, t):
+        jax.debug.callback(lambda _: calls.__setitem__(0, calls[0] + 1), x)
+        return mix.score(x, t)
+
+    for seed in range(3):
+        calls[0] = 0
+        res = diffusion.sample(jax.random.key(seed), "rtk-mala", score_fn, dim=2, num_samples=1,
+                               nfe=60, acceptance="factory", clip=0.5)
+        k, s = res.settings["num_segments"], res.settings["num_inner_steps"]
+        coins = int(jnp.sum(res.info.num_coins))
+        assert calls[0] == res.nfe == res.nfe_needed == 1 + k * (1 + s) + coins
+        assert res.rounds == 1 + k * (1 + s) + coins  # one coin per round
+        assert res.settings["expected_nfe"] <= 60 and int(jnp.sum(res.info.num_energy_evals)) == 0
+
+
+def test_factory_flags_non_finite_scores():
+    # a score that is NaN in a region the samplers cross: divergences are flagged, never hidden
+    mix = targets.four_modes_2d()
+
+    def score_fn(x, t):
+        return jnp.where(x[0] > 1.5, jnp.nan, 1.0) * mix.score(x, t)
+
+    res = diffusion.sample(jax.random.key(3), "rtk-mala", score_fn, dim=2, num_samples=200,
+                           nfe=60, acceptance="factory")
+    assert bool(jnp.any(res.is_divergent))
+    finite = np.all(np.isfinite(np.asarray(res.samples)), axis=1)
+    assert np.all(np.asarray(res.is_divergent)[~finite])
 
 
 def test_budget_is_spread_over_segments():
@@ -183,6 +315,43 @@ def test_rtk_samples_a_bimodal_mixture(method, kwargs):
     # sd of the sample variance of a bimodal law: sqrt((m4 - var^2) / n)
     m4 = np.mean((np.asarray(mix.sample(jax.random.key(9), 200000))[:, 0] - mean) ** 4)
     assert abs(x.var() - var) < Z_MAX * math.sqrt((m4 - var**2) / num)
+
+
+def _floor_statistics(samples, mix, seed):
+    """Mode-frequency chi-square p-value, mean z-scores and the energy distance to an exact sample
+    against the spread of exact-versus-exact distances (how far above that floor, in sds)."""
+    n = samples.shape[0]
+    labels = np.asarray(mix.assign(jnp.asarray(samples)))
+    counts = np.bincount(labels, minlength=mix.num_components)
+    p_modes = stats.chisquare(counts, n * np.asarray(mix.weights)).pvalue
+    cov = np.asarray(mix.cov)
+    z_mean = (samples.mean(0) - np.asarray(mix.mean)) / np.sqrt(np.diag(cov) / n)
+    reference = np.asarray(mix.sample(jax.random.key(seed), n))
+    floor = [metrics.energy_distance(np.asarray(mix.sample(jax.random.key(seed + 1 + i), n)),
+                                     reference) for i in range(6)]
+    excess = (metrics.energy_distance(samples, reference) - np.mean(floor)) / np.std(floor, ddof=1)
+    return p_modes, np.max(np.abs(z_mean)), excess
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["four-modes-2d", "subspace-16d"])
+@pytest.mark.parametrize("method,options,passes", [
+    ("rtk-mala", dict(nfe=100, acceptance="factory"), True),
+    ("ddpm", dict(nfe=10), False),  # negative control: the same statistics catch a coarse DDPM
+])
+def test_factory_reaches_the_exact_floor(target, method, options, passes):
+    # scores only, 100 evaluations per sample: the mode weights, the mean and the energy distance
+    # to exact draws are those of exact samples at n = 4000 (what the exact-versus-exact floor is)
+    mix = targets.four_modes_2d() if target == "four-modes-2d" else targets.subspace_mixture(16)
+    res = diffusion.sample(jax.random.key(20), method, mix.score, dim=mix.dim, num_samples=4000,
+                           **options)
+    assert not bool(jnp.any(res.is_divergent))
+    p_modes, z_mean, excess = _floor_statistics(np.asarray(res.samples), mix, 30)
+    at_floor = p_modes > 1e-3 and z_mean < Z_MAX and excess < Z_MAX
+    assert at_floor == passes, (p_modes, z_mean, excess)
+    if method == "rtk-mala":
+        clip_rate = float(jnp.sum(res.info.num_clipped)) / float(jnp.sum(res.info.num_coins))
+        assert clip_rate < 0.05 and res.nfe_needed <= 100
 
 
 # ----- the proximal sampler on log-densities ---------------------------------------------------------
@@ -385,8 +554,11 @@ def test_rtk_rejects_bad_callables_and_warmup_inputs():
     (rtk_mala_plan, dict(nfe=10, num_segments=20), ValueError, "nfe"),
     (rtk_mala_plan, dict(nfe=100, num_segments=20, num_inner_steps=10), ValueError, "nfe"),
     (rtk_mala_plan, dict(nfe=2), ValueError, "nfe"),
-    (rtk_mala_plan, dict(energy="exact"), ValueError, "energy_fn"),
-    (rtk_mala_plan, dict(energy="simpson"), ValueError, "energy"),
+    (rtk_mala_plan, dict(acceptance="energy"), ValueError, "acceptance='energy' needs energy_fn"),
+    (rtk_mala_plan, dict(acceptance="simpson"), ValueError, "acceptance"),
+    (rtk_mala_plan, dict(clip=0.0), ValueError, "clip"),
+    (rtk_mala_plan, dict(start="ddim"), ValueError, "start"),
+    (rtk_mala_plan, dict(acceptance="factory", clip=float("inf")), ValueError, "clip"),
     (rtk_mala_plan, dict(quadrature="simpson"), ValueError, "quadrature"),
     (rtk_mala_plan, dict(num_nodes=0), ValueError, "num_nodes"),
     (rtk_mala_plan, dict(grid="cubic"), ValueError, "grid"),
@@ -411,10 +583,7 @@ def test_diffusion_plans_reject_bad_options(plan_fn, kwargs, error, match):
 def test_rtk_mala_passes_eight_schools_noncentered():
     from scoresample import posteriordb
 
-    try:
-        post = posteriordb.load("eight_schools_noncentered")
-    except FileNotFoundError:  # pragma: no cover - the data folder is not shipped with the package
-        pytest.skip("no posteriordb folder")
+    post = posteriordb.load("eight_schools_noncentered")
     logdensity_fn = post.logdensity_fn
     num_chains, num_warmup, num_draws = 4, 500, 2000
     keys = jax.random.split(jax.random.key(8), num_chains)
@@ -435,6 +604,6 @@ def test_rtk_mala_passes_eight_schools_noncentered():
 
     draws, divergent, step_sizes = jax.jit(jax.vmap(chain))(keys)
     assert not bool(jnp.any(divergent))
-    result = posteriordb.pass_rule(np.asarray(draws), post.reference_draws,
+    result = posteriordb.pass_rule(np.asarray(draws), post.reference,
                                    param_names=post.param_names)
     assert result.passed, result.to_markdown()

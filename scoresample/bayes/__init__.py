@@ -2,15 +2,17 @@
 BlackJAX baselines beside them, on a log-density or a NumPyro model with the same warmup, and
 returns an ArviZ ``xarray.DataTree``. ``scoresample.sample`` is :func:`sample`.
 
-Modules: ``methods`` (the method table, ULA), ``model`` (log-densities, NumPyro models, starts),
-``warmup`` (gradient-only L-BFGS, Laplace start, windows, preconditioner), ``runners`` (warmup and
-chains), ``store`` (streaming to disk and resume), ``api`` (:func:`sample`).
+Modules: ``methods`` (the method table), ``model`` (log-densities, NumPyro models, starts),
+``runners`` (warmup and chains, built on :mod:`scoresample.adaptation`), ``store`` (streaming to
+disk and resume), ``api`` (:func:`sample`). The MALA and ULA baselines are the kernels
+:mod:`scoresample.kernels.mala` and :mod:`scoresample.kernels.ula`.
 """
 
+from scoresample.adaptation import RUNAWAY_LIMIT, gradient_only_lbfgs, window_schedule
 from scoresample.bayes.api import sample
-from scoresample.bayes.methods import METHODS, Method, ULAInfo, ULAState, ula
+from scoresample.bayes.methods import METHODS, Method
 from scoresample.bayes.model import PreparedModel, prepare_model
-from scoresample.bayes.warmup import RUNAWAY_LIMIT, gradient_only_lbfgs, window_schedule
+from scoresample.kernels.ula import ULAInfo, ULAState, ula
 
 __all__ = ["sample", "METHODS", "Method", "ula", "ULAState", "ULAInfo", "prepare_model",
            "PreparedModel", "gradient_only_lbfgs", "window_schedule", "RUNAWAY_LIMIT"]

@@ -18,9 +18,12 @@ them, on the same model with the same warmup, so that their costs can be compare
 
 Methods (:data:`METHODS`): ``"fors"``, ``"rtk"``, ``"picard"`` (this package's kernels) and the
 baselines ``"nuts"`` (``blackjax.nuts`` tuned by ``blackjax.window_adaptation``), ``"mala"``
-(``blackjax.mala``) and ``"ula"`` (unadjusted Langevin, below).
+(:mod:`scoresample.kernels.mala`) and ``"ula"`` (unadjusted Langevin,
+:mod:`scoresample.kernels.ula`).
 
 Warmup (every method but NUTS, which keeps BlackJAX's own window adaptation as the reference):
+the package's one warmup engine, :func:`scoresample.adaptation.staged_warmup`, driven by the
+method's tuning spec (:data:`METHODS`):
 
 1. *Gradient-only pre-optimisation.* L-BFGS on ``-logdensity`` whose line search looks only at the
    directional derivative (it brackets a zero of ``phi'(a) = <grad f(x + a p), p>`` and stops at
@@ -30,13 +33,27 @@ Warmup (every method but NUTS, which keeps BlackJAX's own window adaptation as t
    optimiser does, in a few dozen gradient evaluations.
 2. *Laplace start.* At the optimum the Hessian (forward-over-reverse differentiation of the
    gradient, counted as two gradient evaluations per column) gives the Laplace covariance
-   ``Sigma = (-H)^-1``. Its diagonal is the first preconditioner, and every chain starts from its
-   own draw of ``N(x*, Sigma)``: dispersed, in the typical set of a near-Gaussian posterior.
+   ``Sigma = (-H)^-1``. Its Cholesky factor (``preconditioner="dense"``, the default up to
+   :data:`DENSE_MAX_DIM` dimensions) or its diagonal is the first preconditioner, and every chain
+   starts from its own draw of ``N(x*, Sigma)``: dispersed, in the typical set of a near-Gaussian
+   posterior.
 3. *Staged windows* (as Stan's window adaptation): a fast window tuning the step size by dual
-   averaging on the method's statistic, slow windows of doubling length estimating the diagonal
-   variance (pooled over chains, shrunk towards the previous estimate), and a final fast window.
+   averaging on the method's statistic, slow windows of doubling length re-estimating the
+   covariance (pooled over chains, shrunk towards the previous estimate), and a final fast window.
    The preconditioner is an affine change of variables ``x = m + D z`` applied to the
-   log-density, so it works for every kernel unchanged; the kernels run on ``z``.
+   log-density, so it works for every kernel unchanged; the kernels run on ``z``. FORS also
+   recalibrates its estimate scale at every window end so that its clip rate stays below
+   ``clip_tolerance`` (1e-3 by default; measured and reported in ``warmup_details``, and per
+   draw in ``sample_stats``).
+
+After sampling, :func:`scoresample.diagnostics.convergence.warn_if_not_converged` issues a
+:class:`scoresample.diagnostics.ConvergenceWarning` when R-hat exceeds 1.01, a bulk or tail ESS is
+below 100 per chain, a transition diverged, or FORS's clip rate exceeds its tolerance.
+
+Under ``jax.distributed`` (several processes) the chains are split over the devices of every
+process, in the warmup and in the sampling phase, when they divide evenly (otherwise every process
+runs every chain); every process receives the whole DataTree, with the draws of one process for
+the same key (to rounding).
 
 Sampling runs all chains vmapped in one compiled scan per chunk of draws. The key of draw ``i`` of
 chain ``c`` is ``fold_in(fold_in(sample_key, c), i)``, so draws do not depend on the chunking; with
@@ -51,20 +68,33 @@ lands more than :data:`RUNAWAY_LIMIT` preconditioned standard deviations away (a
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.base import check_in, check_int, check_key
+from scoresample.base import check_in, check_int, check_key, jsonable, key_bits
 from scoresample.bayes.methods import METHODS
-from scoresample.bayes.model import _raw_key, check_model_inputs, prepare_model
-from scoresample.bayes.runners import _nuts_runner, _progress, _Runner, _staged_runner
-from scoresample.bayes.store import _build_datatree, _jsonable, _restore_tuned, _RunStore
-from scoresample.parallel import batch_sharding, constrain_batch
+from scoresample.bayes.model import check_model_inputs, prepare_model
+from scoresample.bayes.runners import Runner, nuts_runner, staged_runner
+from scoresample.bayes.store import RunStore, restore_tuned
+from scoresample.diagnostics.convergence import warn_if_not_converged
+from scoresample.diagnostics.datatree import to_datatree
+from scoresample.driver import progress_callback
+from scoresample.parallel import batch_sharding, constrain_batch, gather
+
+__all__ = ["sample", "DENSE_MAX_DIM"]
+
+#: ``preconditioner="auto"`` is dense up to this dimension. The Laplace Hessian behind the first
+#: dense factor is taken anyway (up to 512 dimensions); what the dense map adds is O(d^2) per
+#: gradient (x = m + L z and L^T g). Measured (benchmarks/preconditioner_cost.py): at most about
+#: twice the diagonal map's cost per gradient up to d = 200 on a logistic regression with 1000
+#: observations and even on an almost free log-density, five to fifty times beyond
+DENSE_MAX_DIM = 200
 
 # =============================================================================================
 # Progress bar and the chunked sampling loop.
@@ -86,13 +116,23 @@ def _aggregate(name, values):
 
 
 def _chain_sharding(num_chains: int):
-    """The chains split over this process's devices (None on one device, or when they do not
-    divide evenly); with several processes every process runs every chain."""
-    return batch_sharding(num_chains, jax.local_devices())
+    """The chains split over the devices of every process (None on one device, or when they do
+    not divide evenly: then every process runs every chain)."""
+    return batch_sharding(num_chains, jax.devices())
 
 
-def _sampling_fn(runner: _Runner, to_output: Callable, num_chains: int, chunk: int, thin: int,
-                 update):
+def _across_processes(sharding) -> bool:
+    return sharding is not None and jax.process_count() > 1
+
+
+def _host(tree, sharding):
+    """NumPy copies of the arrays of a sampling chunk; chains split over processes are gathered
+    first, so that every process holds every chain."""
+    return jax.tree.map(np.asarray, gather(tree) if _across_processes(sharding) else tree)
+
+
+def _sampling_fn(runner: Runner, to_output: Callable, num_chains: int, chunk: int, thin: int,
+                 update, machine_model=None):
     """A jitted ``run(states, params, chain_keys, start)`` making draws start..start+chunk-1.
 
     The chain axis is sharded over the devices (:mod:`scoresample.parallel`) when it divides
@@ -100,6 +140,11 @@ def _sampling_fn(runner: _Runner, to_output: Callable, num_chains: int, chunk: i
 
     Draw i of a chain applies ``thin`` kernel steps with keys ``fold_in(chain_key, i * thin + t)``;
     the stats of those steps are combined (sums of evaluations, any divergence, mean rates).
+
+    ``machine_model = (logdensity_fn, options)`` (FORS-proximal): the chains run on the
+    autobatching driver (:mod:`scoresample.autobatch`) instead, the same steps with the same
+    keys, each chain making its chunk * thin steps without waiting at every step for the chain
+    with the most proposals and coins.
     """
     method = runner.method
 
@@ -125,6 +170,33 @@ def _sampling_fn(runner: _Runner, to_output: Callable, num_chains: int, chunk: i
             stats = {name: _aggregate(name, value) for name, value in stats.items()}
         x = runner.to_x(state, params)
         return state, to_output(x), stats
+
+    if machine_model is not None:
+        from scoresample.adaptation import RUNAWAY_LIMIT
+        from scoresample.autobatch import run_in_jit
+        from scoresample.kernels.fors import chain_machine
+
+        logdensity_fn, options = machine_model
+        steps = chunk * thin
+
+        @jax.jit
+        def run_machine(states, params, chain_keys, start):
+            machine = chain_machine(logdensity_fn, runner.to_x, params, states.position,
+                                    runner.step_size(params), options, num_steps=steps,
+                                    position_limit=RUNAWAY_LIMIT)
+            carries, _, _, (z, infos, bad), _, _ = run_in_jit(
+                chain_keys, machine, num_lanes=num_chains, step_offset=start * thin,
+                record_fn=lambda carry, info: (carry["x"], info, carry["bad"]))
+            stats = jax.vmap(jax.vmap(stats_of), in_axes=(0, 0, None))(infos, bad, params)
+            stats = {name: _aggregate(name, jnp.swapaxes(jnp.reshape(
+                value, (chunk, thin) + value.shape[1:]), 0, 1)) for name, value in stats.items()}
+            last = jnp.reshape(z, (chunk, thin) + z.shape[1:])[:, -1]
+            draws = jax.vmap(jax.vmap(lambda zc, p: to_output(runner.to_x(
+                states._replace(position=zc), p))), in_axes=(0, None))(last, params)
+            update(start + chunk - 1)
+            return states._replace(position=carries["x"]), (draws, stats)
+
+        return run_machine
 
     sharding = _chain_sharding(num_chains)
 
@@ -156,6 +228,18 @@ def _check_method_options(spec, method: str, options: dict, logdensity_fn, dim: 
         raise type(err)(f"method_options for {method!r}: {err}") from err
 
 
+def _resolve_thin(thin, runner: Runner, tuned) -> int:
+    """``thin="auto"``: enough steps of the tuned step size to span the method's ``draw_time``."""
+    if thin != "auto":
+        return thin
+    if runner.method.draw_time is None:
+        return 1
+    step_size = float(np.min(np.asarray(runner.step_size(tuned.params))))
+    if not (math.isfinite(step_size) and step_size > 0):
+        return 1
+    return int(min(1000, max(1, math.ceil(runner.method.draw_time / step_size))))
+
+
 def _default_chunk(num_draws: int, num_chains: int, dim: int) -> int:
     # about 2**22 numbers per chunk in memory, never more than the run
     per_draw = max(1, num_chains * dim)
@@ -170,16 +254,17 @@ def _default_chunk(num_draws: int, num_chains: int, dim: int) -> int:
 def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_warmup: int = 1000,
            num_draws: int = 1000, model_args=(), model_kwargs=None, init=None,
            progress_bar: bool = True, output=None, resume: bool = False,
-           method_options: dict | None = None, preconditioner: str = "diagonal",
-           preoptimize: bool = True, max_preopt_iterations: int = 500, thin: int = 1,
+           method_options: dict | None = None, preconditioner: str = "auto",
+           preoptimize: bool = True, max_preopt_iterations: int = 500, thin="auto",
            chunk_size: int | None = None):
     """Sample a Bayesian model with one of the package's samplers; return an ArviZ DataTree.
 
     The warmup (for every method but ``"nuts"``) is: gradient-only L-BFGS to the mode region,
-    a Laplace start (each chain draws from ``N(x*, (-H)^-1)``; the diagonal is the first
+    a Laplace start (each chain draws from ``N(x*, (-H)^-1)``, whose covariance gives the first
     preconditioner), then Stan-like windows tuning the step size by dual averaging of the method's
-    statistic and the diagonal preconditioner ``x = m + D z``. ``"nuts"`` is BlackJAX NUTS tuned by
-    ``blackjax.window_adaptation`` from the same starting points. See the module docstring.
+    statistic and the preconditioner ``x = m + D z`` (dense up to :data:`DENSE_MAX_DIM`
+    dimensions). ``"nuts"`` is BlackJAX NUTS tuned by ``blackjax.window_adaptation`` from the same
+    starting points, with the same kind of mass matrix. See the module docstring.
 
     Args:
         rng_key: a JAX PRNG key.
@@ -195,17 +280,24 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
             values (default: NumPyro's uniform(-2, 2) on the unconstrained scale, per chain).
             Posterior objects: default ``model.initial_position()``.
         progress_bar: show tqdm bars for warmup and sampling.
-        output: a folder; draws are written to it chunk by chunk as they are made.
+        output: a folder; draws are written to it chunk by chunk as they are made (not under
+            ``jax.distributed``).
         resume: continue the run that ``output`` holds (same key and settings) and return the
             draws an uninterrupted run gives.
         method_options: options of the kernel (``{"clip": 2.0}`` for FORS, ``{"num_inner_steps":
             5}`` for RTK, ...).
-        preconditioner: ``"diagonal"`` (default) or ``"dense"``: the affine map x = m + D z uses a
-            diagonal D, or a lower-triangular factor of the estimated covariance (for NUTS: a
-            dense inverse mass matrix in ``blackjax.window_adaptation``).
+        preconditioner: ``"auto"`` (default: ``"dense"`` up to :data:`DENSE_MAX_DIM` dimensions,
+            ``"diagonal"`` above), ``"dense"`` or ``"diagonal"``: the affine map x = m + D z uses
+            a lower-triangular factor of the estimated covariance, or a diagonal D (for NUTS: a
+            dense or diagonal inverse mass matrix in ``blackjax.window_adaptation``, so that the
+            comparison stays even).
         preoptimize: run the gradient-only L-BFGS and the Laplace start (not for ``"nuts"``).
         max_preopt_iterations: L-BFGS iterations per chain.
         thin: kernel steps per kept draw (the stats of a draw sum the evaluations of its steps).
+            ``"auto"`` (default): 1, except for a method with a ``draw_time`` (FORS and RTK, the
+            proximal samplers), whose kept draw spans that much proximal time:
+            ``ceil(draw_time / step_size)`` steps of the tuned step (at most 1000), so that its
+            draws are about as informative as a NUTS draw; the value used is ``attrs["thin"]``.
         chunk_size: draws per compiled chunk (and per file with ``output``); fixed by the run.
 
     Returns:
@@ -214,9 +306,12 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
         ``num_grad_evals``, ``step_size`` and method extras), and attrs ``sampler``, ``settings``
         (JSON), ``num_grad_evals_warmup``, ``num_grad_evals_sampling``, ``num_grad_evals_total``,
         ``wall_time_warmup``, ``wall_time_sampling``, ``wall_time_total`` (seconds) and
-        ``num_chain_devices`` (the chain axis of the sampling phase is sharded over this process's
-        devices when the chains divide evenly over them; draws agree with a one-device run to
-        rounding, since each chain's keys depend only on its index).
+        ``num_chain_devices`` (the chain axis of the sampling phase is sharded over the devices
+        of every process when the chains divide evenly over them; draws agree with a one-device
+        run to rounding, since each chain's keys depend only on its index), ``num_processes``
+        and ``thin`` (the kernel steps per kept draw used). A
+        :class:`~scoresample.diagnostics.ConvergenceWarning` is issued when the run may not
+        have converged (R-hat, ESS, divergences, FORS's clip rate).
 
     Example:
         >>> import jax, jax.numpy as jnp, scoresample
@@ -230,7 +325,8 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     num_chains = check_int("num_chains", num_chains)
     num_warmup = check_int("num_warmup", num_warmup, minimum=0)
     num_draws = check_int("num_draws", num_draws)
-    thin = check_int("thin", thin)
+    if thin != "auto":
+        thin = check_int("thin", thin)
     max_preopt_iterations = check_int("max_preopt_iterations", max_preopt_iterations, minimum=0)
     if not isinstance(progress_bar, (bool, np.bool_)):
         raise TypeError(f"progress_bar must be a bool, got {progress_bar!r}")
@@ -242,6 +338,9 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
         raise TypeError(f"output must be a path (str or os.PathLike), got {type(output).__name__}")
     if resume and output is None:
         raise ValueError("resume=True needs output=PATH (the folder of the run to continue)")
+    if output is not None and jax.process_count() > 1:
+        raise ValueError("output=PATH is not supported under jax.distributed (several processes "
+                         "would write one folder); every process receives the draws instead")
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"method_options must be a dict, got {type(method_options).__name__}")
     if method_options and "step_size" in method_options:
@@ -250,7 +349,7 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     options = {**METHODS[method].defaults, **(method_options or {})}
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
-    check_in("preconditioner", preconditioner, ("diagonal", "dense"))
+    check_in("preconditioner", preconditioner, ("auto", "diagonal", "dense"))
     spec = METHODS[method]
     if spec.build is None and method != "nuts":  # pragma: no cover - table invariant
         raise ValueError(f"method {method!r} has no builder")
@@ -264,6 +363,8 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     prepared = prepare_model(key_model, model, model_args=model_args, model_kwargs=model_kwargs,
                              init=init)
     chunk = chunk_size or _default_chunk(num_draws, num_chains, prepared.dim)
+    if preconditioner == "auto":
+        preconditioner = "dense" if prepared.dim <= DENSE_MAX_DIM else "diagonal"
 
     # check the options on the model before anything is compiled (abstract evaluation only)
     _check_method_options(spec, method, options, prepared.logdensity_fn, prepared.dim)
@@ -271,22 +372,26 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     common = dict(progress_bar=bool(progress_bar), preoptimize=bool(preoptimize),
                   max_iterations=max_preopt_iterations, laplace_max_dim=512, shrinkage=10.0,
                   dense=preconditioner == "dense")
-    make = _nuts_runner if method == "nuts" else _staged_runner
-    runner = make(spec, options, prepared.logdensity_fn, num_chains, num_warmup, **common)
+    # under jax.distributed the warmup splits the chains over the processes too (on one host it
+    # stays on one device, so that its reductions over chains keep their order)
+    chain_sharding = _chain_sharding(num_chains)
+    warm_sharding = chain_sharding if _across_processes(chain_sharding) else None
+    make = nuts_runner if method == "nuts" else staged_runner
+    runner = make(spec, options, prepared.logdensity_fn, num_chains, num_warmup, **common,
+                  sharding=warm_sharding)
 
     settings = {"method": method, "num_chains": num_chains, "num_warmup": num_warmup,
-                "num_draws": num_draws, "method_options": _jsonable(options),
+                "num_draws": num_draws, "method_options": jsonable(options),
                 "preoptimize": bool(preoptimize) and method != "nuts",
                 "max_preopt_iterations": max_preopt_iterations, "chunk_size": chunk,
                 "preconditioner": preconditioner, "thin": thin,
                 "model": prepared.description, "model_kind": prepared.kind, "dim": prepared.dim,
                 "warmup_statistic_target": spec.target,
-                "key": np.asarray(jax.random.key_data(rng_key) if not _raw_key(rng_key)
-                                  else rng_key).tolist()}
+                "key": key_bits(rng_key).tolist()}
 
     run_store = None
     if output is not None:
-        run_store = _RunStore(output, settings, resume=bool(resume))
+        run_store = RunStore(output, settings, resume=bool(resume))
 
     # ---- warmup (or its saved result) ----
     t_warm = time.perf_counter()
@@ -297,18 +402,20 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     tuned = run_store.load_warmup() if run_store is not None else None
     if tuned is None:
         tuned = runner.warmup(key_warmup, x_init)
+        if warm_sharding is not None:
+            tuned = tuned._replace(states=gather(tuned.states), params=gather(tuned.params))
         warm_time = time.perf_counter() - t_warm
         tuned.details["wall_time_warmup"] = warm_time
         if run_store is not None:
             run_store.save_warmup(tuned)
     else:
-        tuned = _restore_tuned(runner, x_init, tuned)
+        tuned = restore_tuned(runner, x_init, tuned)
         warm_time = float(tuned.details.get("wall_time_warmup", 0.0))
     tuned.details["wall_time_warmup"] = warm_time
 
     # ---- sampling, chunk by chunk ----
     chain_keys = jax.vmap(lambda c: jax.random.fold_in(key_sample, c))(jnp.arange(num_chains))
-    update, close = _progress(num_draws, f"sampling ({method})", bool(progress_bar))
+    update, close = progress_callback(num_draws, f"sampling ({method})", bool(progress_bar))
     def outputs(x):
         # one flat dict "group::variable" so that chunks stream as plain arrays
         out = {f"posterior::{k}": v for k, v in prepared.to_output(x).items()}
@@ -317,9 +424,15 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
                         for k, v in prepared.unconstrained(x).items()})
         return out
 
-    run_full = _sampling_fn(runner, outputs, num_chains, chunk, thin, update)
+    thin = _resolve_thin(thin, runner, tuned)
+    # FORS chains run on the autobatching driver within a process; split over several processes
+    # they run in lockstep under the chain sharding (the same keys, so the same draws)
+    machine_model = ((prepared.logdensity_fn, options)
+                     if method == "fors" and not _across_processes(chain_sharding) else None)
+    run_full = _sampling_fn(runner, outputs, num_chains, chunk, thin, update, machine_model)
     last = num_draws % chunk
-    run_last = _sampling_fn(runner, outputs, num_chains, last, thin, update) if last else None
+    run_last = (_sampling_fn(runner, outputs, num_chains, last, thin, update, machine_model)
+                if last else None)
 
     states, params = tuned.states, tuned.params
     draws_chunks, stats_chunks = [], []
@@ -343,8 +456,8 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
             states, (draws, stats) = compiled[length](states, params, chain_keys, jnp.asarray(start))
             jax.block_until_ready((states, draws, stats))
             sample_time += time.perf_counter() - t_s
-            draws = jax.tree.map(lambda a: np.swapaxes(np.asarray(a), 0, 1), draws)
-            stats = jax.tree.map(lambda a: np.swapaxes(np.asarray(a), 0, 1), stats)
+            draws = jax.tree.map(lambda a: np.swapaxes(a, 0, 1), _host(draws, chain_sharding))
+            stats = jax.tree.map(lambda a: np.swapaxes(a, 0, 1), _host(stats, chain_sharding))
             draws_chunks.append(draws)
             stats_chunks.append(stats)
             start += length
@@ -360,13 +473,17 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     sample_stats = {k: np.concatenate([c[k] for c in stats_chunks], axis=1)
                     for k in stats_chunks[0]}
     sampling_evals = int(np.sum(sample_stats["num_grad_evals"], dtype=np.int64))
+    pooled = {}
+    if "num_clipped" in sample_stats and "num_coins" in sample_stats:  # FORS: clips / estimates
+        coins = int(np.sum(sample_stats["num_coins"], dtype=np.int64))
+        pooled["clip_rate"] = int(np.sum(sample_stats["num_clipped"], dtype=np.int64)) / max(coins,
+                                                                                            1)
     total_time = time.perf_counter() - t_start
-    chain_sharding = _chain_sharding(num_chains)
     attrs = {
         "sampler": method,
         "sampler_description": spec.description,
         "settings": json.dumps(settings),
-        "warmup_details": json.dumps(_jsonable(tuned.details)),
+        "warmup_details": json.dumps(jsonable(tuned.details)),
         "num_grad_evals_warmup": int(tuned.num_grad_evals),
         "num_grad_evals_sampling": sampling_evals,
         "num_grad_evals_total": int(tuned.num_grad_evals) + sampling_evals,
@@ -376,14 +493,23 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
         "wall_time_total": float(total_time),
         "num_divergent": int(np.sum(sample_stats["diverging"])),
         "num_chain_devices": 1 if chain_sharding is None else int(chain_sharding.mesh.size),
+        "num_processes": jax.process_count(),
+        "thin": thin,
+        **pooled,
         "model": prepared.description,
         "inference_library": "scoresample",
     }
     from scoresample import __version__
 
     attrs["inference_library_version"] = __version__
-    dims = {"posterior": prepared.dims, "unconstrained_posterior": prepared.unconstrained_dims}
-    dt = _build_datatree(groups, sample_stats, dims, attrs)
+    group_dims = {"posterior": prepared.dims,
+                  "unconstrained_posterior": prepared.unconstrained_dims}
+    dims = {}
+    for group, variables in groups.items():
+        dims.update({k: v for k, v in (group_dims.get(group) or {}).items() if k in variables})
+    posterior = groups.pop("posterior")
+    dt = to_datatree(posterior, sample_stats, attrs=attrs, groups=groups, dims=dims)
     if run_store is not None:
         run_store.finish(dt)
+    warn_if_not_converged(dt)
     return dt

@@ -4,15 +4,16 @@ draws back to the reported (constrained, named) variables."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from scoresample.base import check_callable
+from scoresample.base import check_callable, is_typed_key
+
+__all__ = ["PreparedModel", "prepare_model", "check_model_inputs"]
 
 # =============================================================================================
 # Models: a log-density on R^d, starting points, and the map of draws to reported variables.
@@ -88,7 +89,7 @@ def check_model_inputs(model, model_args=(), model_kwargs=None, init=None) -> No
         raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     if not isinstance(model_args, (tuple, list)):
         raise TypeError(f"model_args must be a tuple, got {type(model_args).__name__}")
-    if not (hasattr(model, "logdensity_fn") and callable(getattr(model, "logdensity_fn"))):
+    if not (hasattr(model, "logdensity_fn") and callable(model.logdensity_fn)):
         check_callable("model", model)
     if init is not None and not callable(init) and not isinstance(init, Mapping):
         _check_init_values(init)
@@ -103,7 +104,7 @@ def prepare_model(rng_key, model, *, model_args=(), model_kwargs=None, init=None
     model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
 
     # a posterior object (scoresample.posteriordb.Posterior or anything shaped like it)
-    if hasattr(model, "logdensity_fn") and callable(getattr(model, "logdensity_fn")):
+    if hasattr(model, "logdensity_fn") and callable(model.logdensity_fn):
         if model_args or model_kwargs:
             raise ValueError("model_args/model_kwargs are only for NumPyro models")
         logdensity = model.logdensity_fn
@@ -141,7 +142,7 @@ def prepare_model(rng_key, model, *, model_args=(), model_kwargs=None, init=None
         raise ValueError("init is required when model is a log-density callable: pass one "
                          "position (array or pytree) or a function rng_key -> position")
     if callable(init):
-        example = init(jax.random.key(0) if not _raw_key(rng_key) else jax.random.PRNGKey(0))
+        example = init(jax.random.key(0) if is_typed_key(rng_key) else jax.random.PRNGKey(0))
         _check_init_values(example, "init(rng_key)")
         start_flat, unravel = ravel_pytree(example)
 
@@ -173,10 +174,6 @@ def prepare_model(rng_key, model, *, model_args=(), model_kwargs=None, init=None
     example = jax.eval_shape(to_output, start_flat)
     return PreparedModel(flat_logdensity, int(start_flat.shape[0]), init_fn, to_output,
                          _default_dims(example), "logdensity", getattr(model, "__name__", "logdensity"))
-
-
-def _raw_key(key) -> bool:
-    return not (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key))
 
 
 def _check_init_values(init, name: str = "init"):
@@ -217,7 +214,7 @@ def _prepare_numpyro(rng_key, model, model_args, model_kwargs, init) -> Prepared
     if init is not None and not isinstance(init, dict):
         raise TypeError("init for a NumPyro model must be a dict of site values (constrained)")
     strategy = init_to_value(values=init) if init is not None else init_to_uniform()
-    key0 = rng_key if _raw_key(rng_key) else jax.random.key_data(rng_key)
+    key0 = jax.random.key_data(rng_key) if is_typed_key(rng_key) else rng_key
     info, potential_fn, postprocess_fn, _ = initialize_model(
         key0, model, model_args=tuple(model_args), model_kwargs=model_kwargs,
         init_strategy=strategy, dynamic_args=False)

@@ -4,73 +4,41 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.bayes.runners import _Tuned
+from scoresample.base import jsonable
+from scoresample.bayes.runners import Tuned
+from scoresample.diagnostics.datatree import read_dataset, save, write_dataset
 
-# =============================================================================================
-# Streaming to disk and resuming.
-# =============================================================================================
+__all__ = ["RunStore", "restore_tuned"]
 
 
-def _restore_tuned(runner, x_init, saved):
-    """Rebuild a warmup result saved by :class:`_RunStore` on the structure of a fresh init."""
+def restore_tuned(runner, x_init, saved) -> Tuned:
+    """Rebuild a warmup result saved by :class:`RunStore` on the structure of a fresh init."""
     template = jax.eval_shape(runner.template, x_init)
     states = jax.tree.unflatten(jax.tree.structure(template[0]), saved["states"])
     params = jax.tree.unflatten(jax.tree.structure(template[1]), saved["params"])
-    return _Tuned(states, params, int(saved["num_grad_evals"]), dict(saved["details"]))
+    return Tuned(states, params, int(saved["num_grad_evals"]), dict(saved["details"]))
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
-
-
-def _build_datatree(groups: dict, sample_stats: dict, dims: dict, attrs: dict):
-    import arviz_base
-
-    data = dict(groups)
-    data["sample_stats"] = sample_stats
-    all_dims = {}
-    for group, variables in groups.items():
-        all_dims.update({k: v for k, v in dims.get(group, {}).items() if k in variables})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dt = arviz_base.from_dict(data, dims=all_dims)
-    dt.attrs.update(attrs)
-    for group in data:
-        dt[group].attrs.update({k: attrs[k] for k in ("sampler", "inference_library",
-                                                       "inference_library_version")})
-    return dt
-
-
-class _RunStore:
+class RunStore:
     """A run folder: ``run.json`` (settings), ``warmup.nc``, ``chunk_XXXXXXXX.nc`` per chunk.
 
     Every file is written to a temporary name and renamed, so a killed run leaves only whole files.
     A chunk file holds the chunk's draws and sample stats and the chains' kernel states after it,
     so a resumed run continues from exactly where the killed one stopped; the per-draw keys
     (``fold_in`` of the chain key with the draw index) make its draws those of an uninterrupted run.
-    The finished run is also written whole to ``result.nc`` (read it with :func:`load_run`).
+    The finished run is also written whole to ``result.nc`` (read it with
+    :func:`scoresample.diagnostics.load`).
     """
 
     def __init__(self, path, settings: dict, *, resume: bool):
         self.path = Path(path).expanduser()
-        self.settings = _jsonable(settings)
+        self.settings = jsonable(settings)
         meta = self.path / "run.json"
         if meta.exists():
             if not resume:
@@ -96,8 +64,6 @@ class _RunStore:
     def _write_dataset(path: Path, data: dict, attrs: dict):
         import xarray as xr
 
-        from scoresample.diagnostics.datatree import write_dataset
-
         variables = {}
         for name, value in data.items():
             value = np.asarray(value)
@@ -108,20 +74,18 @@ class _RunStore:
 
     @staticmethod
     def _read_dataset(path: Path):
-        from scoresample.diagnostics.datatree import read_dataset
-
         ds = read_dataset(path)
         data = {name: np.asarray(ds[name].values) for name in ds.data_vars}
         return data, dict(ds.attrs)
 
-    def save_warmup(self, tuned: _Tuned):
+    def save_warmup(self, tuned: Tuned):
         states = jax.tree.leaves(tuned.states)
         params = jax.tree.leaves(tuned.params)
         data = {f"state{i}": a for i, a in enumerate(states)}
         data.update({f"param{i}": a for i, a in enumerate(params)})
         attrs = {"num_states": len(states), "num_params": len(params),
                  "num_grad_evals": int(tuned.num_grad_evals),
-                 "details": json.dumps(_jsonable(tuned.details))}
+                 "details": json.dumps(jsonable(tuned.details))}
         self._write_dataset(self.path / "warmup.nc", data, attrs)
 
     def load_warmup(self):
@@ -169,6 +133,4 @@ class _RunStore:
                 sample_time)
 
     def finish(self, dt):
-        from scoresample.diagnostics.datatree import save
-
         save(dt, self.path / "result.nc")

@@ -7,6 +7,9 @@
   :func:`overview` condenses a run to one row (worst ESS, worst R-hat, divergences, cost);
 - :func:`zscores` compares a run with reference draws (posteriordb's rule);
 - :func:`report` writes one self-contained HTML page (tables and ArviZ plots as embedded PNG);
+- :class:`ConvergenceWarning` is what :func:`scoresample.sample` warns with when R-hat, ESS,
+  divergences or FORS's clip rate say a run may not have converged
+  (:func:`convergence_problems`); the report marks the same rows;
 - :func:`save` / :func:`load` write and read a DataTree as netCDF (h5netcdf).
 
 Example:
@@ -15,8 +18,10 @@ Example:
     >>> scoresample.diagnostics.report(dt, "report.html")
 """
 
+from scoresample.diagnostics.convergence import ConvergenceWarning, convergence_problems
 from scoresample.diagnostics.datatree import load, save, to_datatree
 from scoresample.diagnostics.report import report
 from scoresample.diagnostics.summary import overview, summary, zscores
 
-__all__ = ["to_datatree", "summary", "overview", "zscores", "report", "save", "load"]
+__all__ = ["to_datatree", "summary", "overview", "zscores", "report", "save", "load",
+           "ConvergenceWarning", "convergence_problems"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["to_datatree", "save", "load", "INFO_NAMES"]
+__all__ = ["to_datatree", "save", "load", "INFO_NAMES", "GROUP_ATTRS"]
 
 #: kernel Info fields renamed to the sample-stat names ArviZ expects
 INFO_NAMES = {"is_divergent": "diverging", "num_integration_steps": "n_steps",
@@ -85,7 +85,35 @@ def _infos_dict(infos, shape) -> dict:
     return out
 
 
-def to_datatree(positions, infos=None, *, var_names=None, attrs: dict | None = None):
+#: root attributes that ArviZ's convention also puts on every group
+GROUP_ATTRS = ("sampler", "inference_library", "inference_library_version")
+
+
+def _extra_groups(groups, shape) -> dict:
+    if groups is None:
+        return {}
+    if not isinstance(groups, dict):
+        raise TypeError(f"groups must be a dict group -> dict of arrays, got "
+                        f"{type(groups).__name__}")
+    out = {}
+    for group, variables in groups.items():
+        if not isinstance(group, str) or group in ("posterior", "sample_stats"):
+            raise ValueError(f"groups: {group!r} is not a further group name (posterior and "
+                             "sample_stats come from positions and infos)")
+        if not isinstance(variables, dict):
+            raise TypeError(f"groups[{group!r}] must be a dict of arrays, got "
+                            f"{type(variables).__name__}")
+        arrays = {str(k): _as_array(f"groups[{group!r}][{k!r}]", v) for k, v in variables.items()}
+        for name, arr in arrays.items():
+            if arr.shape[:2] != shape:
+                raise ValueError(f"groups[{group!r}][{name!r}] must have the positions' leading "
+                                 f"(chain, draw) = {shape}, got shape {arr.shape}")
+        out[group] = arrays
+    return out
+
+
+def to_datatree(positions, infos=None, *, var_names=None, attrs: dict | None = None,
+                groups: dict | None = None, dims: dict | None = None):
     """An ArviZ DataTree from draws of shape (chain, draw, ...) and optional kernel infos.
 
     Args:
@@ -98,10 +126,16 @@ def to_datatree(positions, infos=None, *, var_names=None, attrs: dict | None = N
             fields that are not per-draw scalars (momenta, trajectory states) are dropped.
         var_names: a name for an array's variable, or one name per last-axis entry of a
             (chain, draw, d) array (then d scalar variables).
-        attrs: attributes of the root (netCDF-storable: strings, numbers).
+        attrs: attributes of the root (netCDF-storable: strings, numbers); those named in
+            :data:`GROUP_ATTRS` (``sampler``, ``inference_library``, ...) are set on every group too.
+        groups: further groups of draws, ``{group: {name: array (chain, draw, ...)}}`` (e.g. the
+            unconstrained draws of a NumPyro model), with the positions' (chain, draw).
+        dims: ``{name: [dim, ...]}``, names of the axes after (chain, draw) of a variable of any
+            group (ArviZ's ``dims``; default ``<name>_dim_<i>``).
 
     Returns:
-        ``xarray.DataTree`` with group ``posterior`` and, when infos are given, ``sample_stats``.
+        ``xarray.DataTree`` with group ``posterior``, ``sample_stats`` when infos are given, and
+        the further ``groups``.
 
     Example:
         >>> dt = to_datatree(np.random.normal(size=(4, 100, 3)), var_names=["a", "b", "c"])
@@ -122,17 +156,22 @@ def to_datatree(positions, infos=None, *, var_names=None, attrs: dict | None = N
     if len(leading) != 1:
         raise ValueError(f"positions: every variable needs the same (chain, draw), got {shapes}")
     shape = leading.pop()
-    data = {"posterior": variables}
+    data = {"posterior": variables, **_extra_groups(groups, shape)}
     stats = _infos_dict(infos, shape)
     if infos is not None and not stats:
         raise ValueError(f"infos: no field has the positions' leading shape (chain, draw) = {shape}")
     if stats:
         data["sample_stats"] = stats
+    if dims is not None and not isinstance(dims, dict):
+        raise TypeError(f"dims must be a dict name -> list of dim names, got {type(dims).__name__}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        dt = arviz_base.from_dict(data)
+        dt = arviz_base.from_dict(data, dims=dims)
     if attrs:
         dt.attrs.update(attrs)
+        shared = {k: attrs[k] for k in GROUP_ATTRS if k in attrs}
+        for group in data:
+            dt[group].attrs.update(shared)
     return dt
 
 

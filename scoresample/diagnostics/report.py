@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from scoresample.base import check_int
+from scoresample.diagnostics.convergence import (
+    MAX_R_HAT,
+    MIN_ESS_PER_CHAIN,
+    convergence_problems,
+    flagged_rows,
+)
 from scoresample.diagnostics.summary import overview, settings_of, summary, zscores
 
-__all__ = ["report", "figure_to_img", "plot_images"]
+__all__ = ["report", "figure_to_img", "plot_images", "html_table"]
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -65,7 +71,8 @@ def _fmt(value) -> str:
     return f"{v:.3g}" if abs(v) < 1 else f"{v:.4g}"
 
 
-def _table(rows: list[dict], *, bad=None, cls="") -> str:
+def html_table(rows: list[dict], *, bad=None, cls="") -> str:
+    """An HTML ``<table>``, one column per key of ``rows[0]``; rows flagged in ``bad`` are red."""
     if not rows:
         return "<p class='note'>(empty)</p>"
     columns = list(rows[0])
@@ -83,7 +90,7 @@ def _frame_table(df, *, bad=None) -> str:
     rows = []
     for name, row in df.iterrows():
         rows.append({"": name, **{c: row[c] for c in df.columns}})
-    return _table(rows, bad=bad, cls="summary")
+    return html_table(rows, bad=bad, cls="summary")
 
 
 def figure_to_img(fig, alt: str, *, dpi: int = 72) -> str:
@@ -227,7 +234,7 @@ def report(dt_or_dict, path, reference=None, *, title: str = "scoresample report
     max_plot_components = check_int("max_plot_components", max_plot_components)
     sections = _runs(dt_or_dict)
     path = Path(path).expanduser()
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>{_esc(title)}</h1>", f"<p class='note'>Written {now} by scoresample.</p>"]
     if notes:
         body.append(f"<p>{notes}</p>")
@@ -255,14 +262,21 @@ def report(dt_or_dict, path, reference=None, *, title: str = "scoresample report
         body.append("<p class='note'>ESS is the smallest bulk ESS over all components; cost "
                     "columns divide it by the gradient evaluations (per 1000) and seconds of the "
                     "sampling phase (warmup listed apart).</p>")
-        body.append(_table(rows, cls="comparison"))
+        body.append(html_table(rows, cls="comparison"))
         for label, dt in runs.items():
             body.append(f"<h3 id='{_esc(section)}-{_esc(label)}'>{_esc(label)}"
                         f"{(' &mdash; ' + _esc(section)) if section else ''}</h3>")
-            body.append(_table(_settings_rows(dt), cls="settings"))
+            body.append(html_table(_settings_rows(dt), cls="settings"))
             table = summary(dt)
-            bad = list((table["r_hat"] > 1.01) | (table["ess_bulk"] < 100))
+            bad = list(flagged_rows(table, int(dt["posterior"].sizes.get("chain", 1))))
             body.append("<h4>Summary</h4>")
+            problems = convergence_problems(dt, table)
+            if problems:
+                body.append("<p class='fail'>May not have converged: "
+                            + "; ".join(_esc(p) for p in problems) + ".</p>")
+            body.append(f"<p class='note'>Rows are marked where R-hat &gt; {MAX_R_HAT} or the "
+                        f"bulk or tail ESS is below {MIN_ESS_PER_CHAIN} per chain (the rule of "
+                        "<code>scoresample.diagnostics.ConvergenceWarning</code>).</p>")
             body.append(_frame_table(table, bad=bad))
             if label in z_tables:
                 z = z_tables[label]

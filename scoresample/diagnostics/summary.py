@@ -153,7 +153,7 @@ def _reference_variables(reference, names) -> dict:
 
 
 def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
-    """Compare a run with reference draws, variable by variable (posteriordb's rule, computed by
+    """Compare a run with a reference, variable by variable (posteriordb's rule, computed by
     :func:`scoresample.posteriordb.pass_rule`).
 
     ``z = (mean - ref_mean) / sqrt(mcse^2 + ref_mcse^2)`` (MCSE of the mean from ArviZ, for the
@@ -162,19 +162,29 @@ def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
 
     Args:
         dt: the run (a DataTree with ``posterior``).
-        reference: a DataTree with ``posterior``, or a dict name -> draws (chain, draw, ...) (a
-            (draw, ...) array is taken as one chain); only variables present in both are compared.
+        reference: a DataTree with ``posterior``, a dict name -> draws (chain, draw, ...) (a
+            (draw, ...) array is taken as one chain), or a
+            :class:`~scoresample.posteriordb.ReferenceSummary` (posteriordb's 1-based names,
+            ``theta[1]`` for the run's ``theta[0]``); only variables present in both are compared.
 
     Returns:
         pandas DataFrame, one row per scalar component, with mean, ref_mean, z, sd, ref_sd, sd_ratio
         and ok; ``df.attrs["passed"]`` is True when every row passes.
     """
-    import pandas as pd
-
-    from scoresample.posteriordb.checks import pass_rule
+    from scoresample.posteriordb.checks import ReferenceSummary, pass_rule
 
     _check_dt(dt)
     posterior = dt["posterior"]
+    if isinstance(reference, ReferenceSummary):
+        shapes = {n: posterior[n].shape[2:] for n in posterior.data_vars
+                  if n in reference.variable_names}
+        if not shapes:
+            raise ValueError("reference shares no variable with the run's posterior "
+                             f"({sorted(posterior.data_vars)})")
+        x, names = flatten_draws({n: posterior[n].values for n in shapes})
+        res = pass_rule(x, reference.select_variables(shapes), param_names=names, z_max=z_max,
+                        sd_tol=sd_tol)
+        return _zscore_table(res, names, z_max, sd_tol)
     ref = _reference_variables(reference, list(posterior.data_vars))
     if not ref:
         raise ValueError("reference shares no variable with the run's posterior "
@@ -190,6 +200,12 @@ def zscores(dt, reference, *, z_max: float = 4.0, sd_tol: float = 0.1):
     r, _ = flatten_draws(ref)
 
     res = pass_rule(x, r, param_names=names, z_max=z_max, sd_tol=sd_tol)
+    return _zscore_table(res, names, z_max, sd_tol)
+
+
+def _zscore_table(res, names, z_max, sd_tol):
+    import pandas as pd
+
     ok = res.is_mean_ok & res.is_sd_ok
     table = pd.DataFrame({"mean": res.mean, "ref_mean": res.ref_mean, "z": res.z, "sd": res.sd,
                           "ref_sd": res.ref_sd, "sd_ratio": res.sd_ratio, "ok": ok}, index=names)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresample.autobatch import MachinePlan, run_autobatched, run_lockstep
 from scoresample.base import (
     DiffusionPlan,
     check_bool,
@@ -31,8 +33,10 @@ from scoresample.base import (
     check_key,
 )
 from scoresample.driver import scan_particles
+from scoresample.kernels.cld import cld_plan
 
-__all__ = ["sample", "build_plan", "run_plan", "reduce_info", "METHODS", "DiffusionResult", "cld"]
+__all__ = ["sample", "build_plan", "run_plan", "run_machine_plan", "reduce_info", "METHODS",
+           "DiffusionResult", "cld"]
 
 # name -> "module:plan_function"; each plan function has the signature
 #   plan(score_fn, *, dim, energy_fn=None, **options) -> DiffusionPlan
@@ -80,6 +84,15 @@ class DiffusionResult(NamedTuple):
     - ``nfe_needed``: mean over particles of the evaluations each particle's own loops needed (the
       sum of its per-particle ``num_grad_evals``): what a particle would cost run alone. It equals
       ``nfe`` for fixed-cost methods and is at most ``nfe`` otherwise.
+
+    A plan whose kernel is a state machine (:class:`scoresample.autobatch.MachinePlan`: "fors")
+    runs on the autobatching driver instead of in lockstep (:mod:`scoresample.autobatch`). Then
+    ``nfe`` is what the batch executed per sample (every lane of every iteration, idle lanes
+    included, and the pilot's evaluations divided by ``num_samples``), ``nfe_needed`` what the
+    particles needed (plus the pilot's share), ``rounds`` the sequential rounds of batched
+    evaluation (pilot included), and ``info`` holds, per step, the mean over particles of each
+    field (``sum(info.num_grad_evals)`` is what a particle needed on average, without the pilot);
+    with ``per_particle_info=True`` the per-particle Info of every step, (num_steps, num_samples).
     """
 
     samples: jax.Array
@@ -159,7 +172,23 @@ def build_plan(method: str, score_fn, *, dim: int, energy_fn=None, **options) ->
     _check_score_fn("score_fn", score_fn, dim)
     if energy_fn is not None:
         _check_energy_fn(energy_fn, dim)
+    _check_options(method, plan_fn, options)
     return plan_fn(score_fn, dim=dim, energy_fn=energy_fn, **options)
+
+
+def _check_options(method: str, plan_fn, options: dict) -> None:
+    """An option that ``method``'s plan does not take is a TypeError naming it and the valid ones,
+    raised before anything is built."""
+    params = inspect.signature(plan_fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(name for name, p in params.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY or
+                   (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not p.empty))
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
+                         f"{method!r}; its options are {', '.join(v for v in valid if v != 'energy_fn')}")
 
 
 def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bool = False,
@@ -176,6 +205,8 @@ def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bo
     num_samples = check_int("num_samples", num_samples)
     progress_bar = check_bool("progress_bar", progress_bar)
     per_particle_info = check_bool("per_particle_info", per_particle_info)
+    if isinstance(plan, MachinePlan):
+        return run_machine_plan(rng_key, plan, num_samples, per_particle_info=per_particle_info)
     start = time.perf_counter()
 
     def init_fn(key):
@@ -204,6 +235,45 @@ def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bo
     settings = dict(plan.settings, wall_time=wall)
     return DiffusionResult(samples, float(np.sum(evals)), int(np.sum(rounds)), infos, divergent,
                            settings, float(np.mean(np.asarray(needed, dtype=np.float64))))
+
+
+PILOT_FOLD = 0xFFFFFFFF  # the pilot's key is fold_in(rng_key, PILOT_FOLD): no particle's index
+
+
+def run_machine_plan(rng_key, plan: MachinePlan, num_samples: int, *,
+                     per_particle_info: bool = False) -> DiffusionResult:
+    """Run a :class:`~scoresample.autobatch.MachinePlan`: its pilot (if any), then its machine on
+    ``num_samples`` particles with the autobatching (or lockstep) driver. See
+    :class:`DiffusionResult` for what the counts mean."""
+    start = time.perf_counter()
+    pilot = None
+    if plan.pilot is not None:
+        pilot = run_autobatched(jax.random.fold_in(rng_key, PILOT_FOLD), plan.pilot,
+                                plan.pilot_size, num_lanes=plan.num_lanes)
+    machine, decided = plan.build(pilot)
+    record = (lambda carry, info: info) if per_particle_info else None
+    if plan.driver == "lockstep":
+        out = run_lockstep(rng_key, machine, num_samples, record_fn=record)
+    else:
+        out = run_autobatched(rng_key, machine, num_samples, num_lanes=plan.num_lanes,
+                              record_fn=record)
+    samples = jax.block_until_ready(jax.vmap(plan.finalize)(out.carries))
+    wall = time.perf_counter() - start
+    pilot_executed = 0 if pilot is None else pilot.num_executed
+    pilot_needed = 0 if pilot is None else int(np.sum(np.asarray(pilot.num_needed, np.int64)))
+    pilot_rounds = 0 if pilot is None else pilot.num_iterations
+    needed = float(np.mean(np.asarray(out.num_needed, dtype=np.float64)))
+    if per_particle_info:
+        infos = out.records
+    else:
+        infos = jax.tree_util.tree_map(lambda a: np.asarray(a) / num_samples, out.step_sums)
+    divergent = out.is_divergent | ~jnp.all(jnp.isfinite(samples), axis=-1)
+    settings = dict(plan.settings, **decided, wall_time=wall, num_lanes=out.num_lanes,
+                    nfe_pilot=pilot_executed, rounds_pilot=pilot_rounds,
+                    nfe_executed_run=out.num_executed / num_samples, nfe_needed_run=needed)
+    return DiffusionResult(samples, (out.num_executed + pilot_executed) / num_samples,
+                           int(out.num_iterations + pilot_rounds), infos, divergent, settings,
+                           needed + pilot_needed / num_samples)
 
 
 def sample(rng_key, method: str, score_fn, *, dim: int, num_samples: int, energy_fn=None,
@@ -238,8 +308,21 @@ def sample(rng_key, method: str, score_fn, *, dim: int, num_samples: int, energy
                     per_particle_info=per_particle_info)
 
 
-def cld(rng_key, velocity_score_fn, *, dim: int, num_samples: int, **options):
-    """Critically damped Langevin diffusion sampled with SSCS; see :mod:`scoresample.kernels.cld`."""
-    from scoresample.kernels.cld import cld_sample
+def cld(rng_key, velocity_score_fn, *, dim: int, num_samples: int, nfe: int = 100,
+        t_min: float | None = None, t_max: float | None = None, grid: str = "sqrt",
+        progress_bar: bool = False) -> DiffusionResult:
+    """Critically damped Langevin diffusion sampled with SSCS (:mod:`scoresample.kernels.cld`).
 
-    return cld_sample(rng_key, velocity_score_fn, dim=dim, num_samples=num_samples, **options)
+    Options as in :func:`scoresample.kernels.cld.cld_plan`. ``velocity_score_fn(x, v, t)`` is
+    grad_v log p_t(x, v) for x and v of shape (dim,). ``samples`` holds x at t_min; ``nfe`` counts
+    velocity-score evaluations per sample.
+
+    Example:
+        >>> from scoresample import diffusion, targets
+        >>> exact = targets.CLDMixture(targets.four_modes_2d())
+        >>> res = diffusion.cld(jax.random.key(0), exact.velocity_score, dim=2, num_samples=1000)
+    """
+    check_key("rng_key", rng_key)
+    num_samples = check_int("num_samples", num_samples)
+    plan = cld_plan(velocity_score_fn, dim=dim, nfe=nfe, t_min=t_min, t_max=t_max, grid=grid)
+    return run_plan(rng_key, plan, num_samples, progress_bar=progress_bar, label="cld")

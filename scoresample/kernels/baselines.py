@@ -33,12 +33,10 @@ lambda_t = log(a_t / s_t); the reverse time runs from t_max down to t_min):
       Y <- (s_{k+1} / s_k) Y - a_{k+1} expm1(-h) (m_k + (m_k - m_{k-1}) / (2 r))
   (DDIM: the bracket is m_k; DPM-Solver++(2M) uses DDIM on its first step).
 
-Default grids (from a sweep of the four kinds on ``targets.four_modes_2d()`` at nfe = 10, 50, 200 with
-exact scores: "sqrt" was best or tied for ei, pf-ode and ddim at nfe = 10, "log-snr" for
-dpm-solver++; at nfe >= 50 the kinds tie within the Monte-Carlo floor; for the scaled Heun "sqrt"
-also beat "log-snr" and "geometric" at nfe = 10 and 20 on four_modes_2d and subspace_mixture(16)):
-ei, pf-ode and ddim "sqrt", dpm-solver++ "log-snr". Defaults t_min = 1e-3 and t_max = ``processes.default_t_max(dim)``
-= 0.5 log((dim + 1) / 1e-4) (5.15 in 2-D, 6.0 in 16-D).
+Default grids: ei, pf-ode and ddim "sqrt", dpm-solver++ "log-snr" (the best kinds at small budgets
+in a sweep on the exact mixtures, see the algorithm page docs/algorithms/baselines.md). Defaults
+t_min = 1e-3 and t_max = ``processes.default_t_max(dim)`` = 0.5 log((dim + 1) / 1e-4) (5.15 in 2-D,
+6.0 in 16-D).
 
 Each plan function (``ddpm_plan``, ``ddpm_large_plan``, ``ei_plan``, ``pf_ode_plan``, ``ddim_plan``,
 ``dpm_solver_pp_plan``) validates its options and returns a :class:`scoresample.base.DiffusionPlan`;
@@ -56,7 +54,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +65,6 @@ from scoresample import processes
 from scoresample.base import (
     DiffusionPlan,
     DiffusionState,
-    KernelAPI,
     SamplingAlgorithm,
     all_finite,
     check_bool,
@@ -82,7 +80,6 @@ __all__ = [
     "init",
     "build_kernel",
     "as_top_level_api",
-    "linear_step",
     "ddpm_table",
     "ei_table",
     "heun_table",
@@ -181,9 +178,6 @@ def as_top_level_api(score_fn: Callable, table: StepTable) -> SamplingAlgorithm:
     return SamplingAlgorithm(init_fn, lambda rng_key, state: kernel(rng_key, state, score_fn, table))
 
 
-linear_step = KernelAPI(as_top_level_api, init, build_kernel)
-
-
 # ----- coefficient tables (float64 numpy) ----------------------------------------------------------
 
 
@@ -194,7 +188,7 @@ def _rows(num_steps: int, num_aux: int) -> np.ndarray:
 def _tweedie_row(t: float, num_aux: int) -> np.ndarray:
     """x0_hat = (x + s_t^2 score) / a_t; aux is left as it is."""
     w = np.zeros((1 + num_aux, 3 + num_aux))
-    a, s2 = math.exp(-t), -math.expm1(-2.0 * t)
+    a, s2 = processes.alpha(t), processes.sigma2(t)
     w[0, _X], w[0, _S] = 1.0 / a, s2 / a
     for j in range(num_aux):
         w[1 + j, _AUX + j] = 1.0
@@ -214,8 +208,7 @@ def ddpm_table(num_steps: int, c0: float = 2.0, c1: float = 4.0, variance: str =
     """
     check_in("variance", variance, ("li-yan", "beta"))
     betas, _, times = processes.li_yan_schedule(num_steps + 1, c0, c1)
-    log_abar = np.cumsum(np.log1p(-betas))
-    one_minus_abar = -np.expm1(log_abar)  # 1 - abar_k, index 0 is k = 1
+    one_minus_abar = processes.sigma2(times)  # 1 - abar_k = s_{t_k}^2, index 0 is k = 1
     w = _rows(num_steps, 0)
     eval_times = np.empty(num_steps)
     for row, i in enumerate(range(num_steps, 0, -1)):  # i = k - 1 for k = T, ..., 2
@@ -238,7 +231,7 @@ def ei_table(ts: np.ndarray) -> StepTable:
     w = _rows(h.shape[0], 0)
     w[:, 0, _X] = np.exp(h)
     w[:, 0, _S] = 2.0 * np.expm1(h)
-    w[:, 0, _Z] = np.sqrt(np.expm1(2.0 * h))
+    w[:, 0, _Z] = np.sqrt(processes.rho(h))  # sqrt(e^{2h} - 1)
     return StepTable(np.asarray(ts[:-1], np.float64), w)
 
 
@@ -270,9 +263,9 @@ def heun_table(ts: np.ndarray, last_euler: bool, coordinates: str = "scaled") ->
             corrector[0, _AUX], corrector[0, _AUX + 1] = 1.0 + 0.5 * h, 0.5 * h
         else:
             ratio = math.exp(t0 - t1)  # a_{t1} / a_{t0}
-            a1 = math.exp(-t1)
-            s0, s1 = math.sqrt(-math.expm1(-2.0 * t0)), math.sqrt(-math.expm1(-2.0 * t1))
-            dsigma = math.sqrt(math.expm1(2.0 * t1)) - math.sqrt(math.expm1(2.0 * t0))
+            a1 = processes.alpha(t1)
+            s0, s1 = processes.sigma(t0), processes.sigma(t1)
+            dsigma = math.sqrt(processes.rho(t1)) - math.sqrt(processes.rho(t0))
             # x~' = x~ + dsigma d1, d = -s_t score; back to x by a_{t1}
             predictor[0, _X], predictor[0, _S] = ratio, -a1 * dsigma * s0
             corrector[0, _S] = -0.5 * a1 * dsigma * s1
@@ -291,7 +284,7 @@ def _data_prediction_coefficients(t_s: float, t_t: float):
     """(s_t / s_s, -a_t expm1(-h)) with h = lambda_t - lambda_s: x_t = c_x x_s + c_m m."""
     h = float(processes.log_snr(t_t) - processes.log_snr(t_s))
     c_x = math.sqrt(processes.sigma2(t_t) / processes.sigma2(t_s))
-    c_m = -math.exp(-t_t) * math.expm1(-h)
+    c_m = -processes.alpha(t_t) * math.expm1(-h)
     return c_x, c_m, h
 
 
@@ -302,7 +295,7 @@ def _multistep_table(ts: np.ndarray, order: int) -> StepTable:
     h_prev = None
     for j in range(num):
         t_s, t_t = float(ts[j]), float(ts[j + 1])
-        a_s, s2_s = math.exp(-t_s), -math.expm1(-2.0 * t_s)
+        a_s, s2_s = processes.alpha(t_s), processes.sigma2(t_s)
         c_x, c_m, h = _data_prediction_coefficients(t_s, t_t)
         # weight on m_s and on m_prev; m_s = (x + s_s^2 score) / a_s
         if order == 2 and h_prev is not None:
@@ -330,9 +323,8 @@ def dpm_solver_pp_table(ts: np.ndarray) -> StepTable:
 
 
 def _resolve_times(dim, t_min, t_max):
-    t_min = DEFAULT_T_MIN if t_min is None else check_positive("t_min", t_min)
-    t_max = processes.default_t_max(dim) if t_max is None else check_positive("t_max", t_max)
-    return check_times(t_min, t_max)
+    return check_times(DEFAULT_T_MIN if t_min is None else t_min,
+                       processes.default_t_max(dim) if t_max is None else t_max)
 
 
 def _make_plan(score_fn, dim: int, table: StepTable, settings: dict) -> DiffusionPlan:
@@ -367,7 +359,8 @@ def _ddpm(score_fn, dim, variance, nfe, c0, c1, denoise, t_min, t_max, method):
 
 def ddpm_plan(score_fn, *, dim: int, energy_fn=None, nfe: int = 100, c0: float = 2.0, c1: float = 4.0,
               denoise: bool = False, t_min=None, t_max=None) -> DiffusionPlan:
-    """DDPM ancestral sampling with the Li-Yan variance sigma_k^2 = beta_k alpha_k (1 - abar_{k-1}) / (1 - abar_k).
+    """DDPM ancestral sampling with the Li-Yan variance
+    sigma_k^2 = beta_k alpha_k (1 - abar_{k-1}) / (1 - abar_k).
 
     Li and Yan, "Adapting to unknown low-dimensional structures in score-based diffusion models",
     NeurIPS 2024. The chain runs k = T, ..., 2 on the Li-Yan schedule with T = nfe + 1, so it takes

@@ -2,8 +2,8 @@
 
 Dockhorn, Vahdat, Kreis, "Score-based generative modeling with critically-damped Langevin
 diffusion", ICLR 2022. The process, its constants (M^-1 = 4, Gamma = 1, beta = 4, v_0 ~ N(0, 0.01 I))
-and the closed-form 2 x 2 flows live in :mod:`scoresample.targets.cld`. A network (or the exact
-:class:`scoresample.targets.cld.CLDMixture`) gives only the velocity score
+and the closed-form 2 x 2 flows live in :mod:`scoresample.processes.cld`. A network (or the exact
+:class:`scoresample.targets.CLDMixture`) gives only the velocity score
 ``velocity_score_fn(x, v, t) = grad_v log p_t(x, v)``.
 
 The generative SDE splits into an exactly solvable linear part (L) and a score part (S):
@@ -20,17 +20,18 @@ One SSCS step from t to t - h (one score evaluation):
 The score is taken at the step's midpoint time (symmetric splitting; Dockhorn's code uses the
 start of the step). Sampling starts from the stationary law N(0, I) x N(0, M I) at t_max (default 1,
 Dockhorn's horizon) and returns x at t_min (default 1e-3), on a grid uniform in sqrt t by default.
+:func:`cld_plan` builds the plan; :func:`scoresample.diffusion.cld` runs it.
 
 Example:
-    >>> from scoresample import targets
-    >>> from scoresample.targets.cld import CLDMixture
-    >>> exact = CLDMixture(targets.four_modes_2d())
-    >>> res = cld_sample(jax.random.key(0), exact.velocity_score, dim=2, num_samples=1000, nfe=100)
+    >>> from scoresample import diffusion, targets
+    >>> exact = targets.CLDMixture(targets.four_modes_2d())
+    >>> res = diffusion.cld(jax.random.key(0), exact.velocity_score, dim=2, num_samples=1000, nfe=100)
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,20 +41,16 @@ from scoresample import processes
 from scoresample.base import (
     DiffusionPlan,
     DiffusionState,
-    KernelAPI,
     SamplingAlgorithm,
     all_finite,
     check_callable,
-    check_in,
     check_int,
-    check_key,
-    check_positive,
     check_times,
 )
-from scoresample.targets.cld import BETA, GAMMA, MASS_INV, STATIONARY_V_VAR, reverse_linear_flow
+from scoresample.processes.cld import BETA, GAMMA, MASS_INV, STATIONARY_V_VAR, reverse_linear_flow
 
-__all__ = ["SSCSTable", "SSCSInfo", "init", "build_kernel", "as_top_level_api", "sscs", "sscs_table",
-           "cld_plan", "cld_sample", "DEFAULT_T_MIN", "DEFAULT_T_MAX"]
+__all__ = ["SSCSTable", "SSCSInfo", "init", "build_kernel", "as_top_level_api", "sscs_table",
+           "cld_plan", "DEFAULT_T_MIN", "DEFAULT_T_MAX"]
 
 Array = jax.Array
 
@@ -150,9 +147,6 @@ def as_top_level_api(velocity_score_fn: Callable, table: SSCSTable) -> SamplingA
                              lambda rng_key, state: kernel(rng_key, state, velocity_score_fn, table))
 
 
-sscs = KernelAPI(as_top_level_api, init, build_kernel)
-
-
 def _check_velocity_score_fn(fn, dim):
     check_callable("velocity_score_fn", fn)
     spec = jax.ShapeDtypeStruct((dim,), jnp.result_type(float))
@@ -188,11 +182,9 @@ def cld_plan(velocity_score_fn, *, dim: int, nfe: int = 100, t_min: float | None
     dim = check_int("dim", dim)
     _check_velocity_score_fn(velocity_score_fn, dim)
     nfe = check_int("nfe", nfe)
-    t_min = DEFAULT_T_MIN if t_min is None else check_positive("t_min", t_min)
-    t_max = DEFAULT_T_MAX if t_max is None else check_positive("t_max", t_max)
-    t_min, t_max = check_times(t_min, t_max)
-    check_in("grid", grid, processes.GRID_KINDS)
-    ts = processes.time_grid(nfe, t_min, t_max, grid)
+    t_min, t_max = check_times(DEFAULT_T_MIN if t_min is None else t_min,
+                               DEFAULT_T_MAX if t_max is None else t_max)
+    ts = processes.time_grid(nfe, t_min, t_max, grid)  # checks grid
     table = sscs_table(ts)
     dtype = jnp.result_type(float)
 
@@ -208,18 +200,3 @@ def cld_plan(velocity_score_fn, *, dim: int, nfe: int = 100, t_min: float | None
     return DiffusionPlan(init_position, as_top_level_api(velocity_score_fn, table), table.num_steps,
                          lambda state: state.position[0], settings)
 
-
-def cld_sample(rng_key, velocity_score_fn, *, dim: int, num_samples: int, nfe: int = 100,
-               t_min: float | None = None, t_max: float | None = None, grid: str = "sqrt",
-               progress_bar: bool = False):
-    """Sample with CLD + SSCS; returns a :class:`scoresample.diffusion.DiffusionResult`.
-
-    Options as in :func:`cld_plan`. ``samples`` holds x at t_min; ``nfe`` counts velocity-score
-    evaluations per sample.
-    """
-    check_key("rng_key", rng_key)
-    num_samples = check_int("num_samples", num_samples)
-    plan = cld_plan(velocity_score_fn, dim=dim, nfe=nfe, t_min=t_min, t_max=t_max, grid=grid)
-    from scoresample.diffusion import run_plan  # drivers sit above kernels
-
-    return run_plan(rng_key, plan, num_samples, progress_bar=progress_bar, label="cld")

@@ -9,11 +9,17 @@ is whatever the caller wants carried with the point (e.g. the score at z, reused
       z' = z - tau grad U(z) + sqrt(2 tau) xi,
   accepted by :func:`scoresample.kernels.proposal.metropolis_hastings` with
       log ratio = -(U(z') - U(z)) + <z' - z, g + g'> / 2 + tau (|g|^2 - |g'|^2) / 4
-  (the usual ratio of Gaussian proposals written without |z' - z|^2, so nothing cancels).
+  (:func:`scoresample.kernels.mala.mala_log_ratio` with grad log pi = -g: the same proposal and
+  ratio as the MALA kernel).
 - :func:`uld_step` / :func:`uld_chain`: underdamped Langevin dz = v dt, dv = -gamma v dt - grad U dt
   + sqrt(2 gamma) dB, integrated exactly with grad U frozen on a step of length tau (unadjusted).
 - :func:`score_line_integral`: U(z') - U(z) = -int_0^1 <score(z + u (z' - z)), z' - z> du by a
   quadrature rule (:func:`quadrature_rule`: Gauss-Legendre, Gauss-Lobatto, trapezoid).
+- :func:`mala_factory_step` / :func:`mala_factory_chain`: MALA on U known through its gradient
+  only, with an exact accept/reject test: a Metropolis-Hastings test on the trapezoid energy
+  difference (free: it uses the two gradients the step has), then a Bernoulli-factory coin
+  (:func:`scoresample.kernels.fors.fors_rejection`) on unbiased one-gradient estimates of what the
+  trapezoid rule missed (:func:`trapezoid_correction`). See :func:`factory_test`.
 
 Example (a Gaussian potential, 10 MALA steps):
     >>> potential_fn = lambda z: (0.5 * z @ z, z, ())
@@ -29,7 +35,8 @@ samplers); the ULD step is the frozen-gradient integrator of Cheng, Chatterji, B
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +44,8 @@ import numpy as np
 from numpy.polynomial import legendre as _legendre
 
 from scoresample.base import all_finite, check_in, check_int
+from scoresample.kernels.fors.rejection import default_max_poisson, fors_rejection
+from scoresample.kernels.mala import langevin_proposal, mala_log_ratio
 from scoresample.kernels.proposal import metropolis_hastings
 
 __all__ = [
@@ -53,6 +62,11 @@ __all__ = [
     "QUADRATURE_RULES",
     "quadrature_rule",
     "score_line_integral",
+    "FactoryInfo",
+    "trapezoid_correction",
+    "factory_test",
+    "mala_factory_step",
+    "mala_factory_chain",
 ]
 
 
@@ -116,18 +130,15 @@ def mala_step(rng_key, state: InnerState, potential_fn: Callable, step_size,
         ``(state, InnerInfo)``; a non-finite proposal or ratio is rejected and flagged divergent.
     """
     key_noise, key_mh = jax.random.split(rng_key)
-    z, g = state.position, state.grad
-    noise = jax.random.normal(key_noise, z.shape, dtype=z.dtype)
-    z_new = z - step_size * g + jnp.sqrt(2.0 * step_size) * noise
+    # the MALA proposal and ratio with grad log pi = -grad U; negation is exact in floating point
+    z_new = langevin_proposal(key_noise, state.position, -state.grad, step_size)
     new_state = init_inner(z_new, potential_fn)
     if energy_diff_fn is None:
         delta_u = new_state.potential - state.potential
     else:
         delta_u = energy_diff_fn(state, new_state)
-    g_new = new_state.grad
-    step = z_new - z
-    log_ratio = (-delta_u + 0.5 * jnp.vdot(step, g + g_new)
-                 + 0.25 * step_size * (jnp.vdot(g, g) - jnp.vdot(g_new, g_new)))
+    log_ratio = mala_log_ratio(state.position, z_new, -state.grad, -new_state.grad, -delta_u,
+                               step_size)
     decision = metropolis_hastings(key_mh, log_ratio, new_state, state)
     info = InnerInfo(decision.acceptance_rate, decision.is_accepted,
                      decision.is_accepted.astype(jnp.int32), decision.is_divergent)
@@ -297,3 +308,143 @@ def score_line_integral(score_at: Callable, position, new_position, score, new_s
         scores = jax.vmap(score_at)(points)
         total = total + jnp.vdot(weights, scores @ step)
     return total
+
+
+# ----- MALA with an exact test from gradients only: a Bernoulli factory ---------------------------
+
+
+class FactoryInfo(NamedTuple):
+    """What :func:`factory_test`, :func:`mala_factory_step` or :func:`mala_factory_chain` report.
+
+    ``acceptance_rate`` is the realised acceptance (1 or 0 for a step, the mean over a chain's
+    steps): the acceptance probability itself contains E[clip(W)], which is known only through
+    estimates. ``num_evals`` counts the potential evaluations of the coins (the one at the proposal
+    is not included), ``num_rounds`` their sequential rounds; ``num_coins`` estimates entered a
+    coin and ``num_clipped`` of them had |W| > B (the clip rate is ``num_clipped / num_coins``).
+    """
+
+    acceptance_rate: jax.Array
+    is_accepted: jax.Array
+    num_accepted: jax.Array
+    is_divergent: jax.Array
+    num_evals: jax.Array
+    num_rounds: jax.Array
+    num_coins: jax.Array
+    num_clipped: jax.Array
+
+
+def trapezoid_correction(rng_key, potential_fn: Callable, state: InnerState, new_state: InnerState):
+    """One-evaluation unbiased estimate of log r - log r_trap, r the MALA ratio from z to z'.
+
+    With step = z' - z, G = grad U and u ~ U(0, 1):
+
+        R = -<G(z + u step) - (1 - u) G(z) - u G(z'), step>,
+        E[R] = <G(z) + G(z'), step> / 2 - int_0^1 <G(z + u step), step> du
+             = (trapezoid U(z') - U(z)) - (U(z') - U(z)).
+
+    The linear interpolation of the end-point gradients is a control variate: R is 0 when G is
+    affine (a Gaussian U) and small when the step is short against the scale on which G bends.
+    The estimate from z' back to z at 1 - u is -R, so the reverse move's estimates have the law
+    of -R: what makes :func:`factory_test` reversible.
+    """
+    step = new_state.position - state.position
+    u = jax.random.uniform(rng_key, (), dtype=step.dtype)
+    _, grad, _ = potential_fn(state.position + u * step)
+    line = (1.0 - u) * state.grad + u * new_state.grad
+    return -jnp.vdot(grad - line, step)
+
+
+def factory_test(rng_key, log_ratio, state, new_state, potential_fn: Callable, clip, *,
+                 max_poisson: int | None = None, correction_fn: Callable = trapezoid_correction
+                 ) -> tuple[Any, FactoryInfo]:
+    """Delayed-acceptance test: Metropolis-Hastings on ``log_ratio``, then a Bernoulli-factory coin.
+
+    Accepts ``new_state`` with probability
+
+        min(1, exp(log_ratio)) * exp(E[clip(W, -B, B)] - B),   W = correction_fn(...) / 2,
+
+    the second factor by :func:`scoresample.kernels.fors.fors_rejection` with one proposal
+    (J ~ Poisson(2B) coins, each heads with probability (B + W_j) / (2B); every coin must be
+    heads). When ``correction_fn`` is an unbiased estimate of delta = log r - ``log_ratio`` whose
+    reverse-move law is that of its negative (:func:`trapezoid_correction`) and |W| <= B, the
+    acceptance is a(z, z') with a(z, z') / a(z', z) = r exactly (Christen and Fox's delayed
+    acceptance; the coin gives exp(delta / 2 - B), whose ratio over the reverse move is
+    exp(delta)): the chain keeps the target exactly invariant. Clipped estimates (|W| > B) are the
+    only approximation; their rate is reported. The coins run only when the first stage accepts.
+
+    Args:
+        rng_key: a PRNG key.
+        log_ratio: the first-stage log ratio (e.g. MALA's with the trapezoid energy difference).
+        state, new_state: the current and proposed states (:class:`InnerState`).
+        potential_fn: evaluated by ``correction_fn`` (one call per coin).
+        clip: B > 0. Each accepted move also pays a factor about e^-B, and costs about 2B
+            evaluations in expectation.
+        max_poisson: the loop bound on J (default
+            :func:`~scoresample.kernels.fors.default_max_poisson` of ``clip``, which then must be a
+            Python number).
+        correction_fn: ``(rng_key, potential_fn, state, new_state) -> estimate``.
+
+    Returns:
+        ``(chosen state, FactoryInfo)``; a non-finite ratio, proposal or estimate rejects the move
+        and flags ``is_divergent``.
+    """
+    if max_poisson is None:
+        max_poisson = default_max_poisson(float(clip))
+    key_mh, key_coin = jax.random.split(rng_key)
+    first = metropolis_hastings(key_mh, log_ratio, new_state, state)
+    dtype = new_state.position.dtype
+
+    def estimate_fn(key, candidate):
+        del candidate
+        return 0.5 * correction_fn(key, potential_fn, state, new_state)
+
+    coin = fors_rejection(key_coin, lambda key: jnp.zeros((), dtype), estimate_fn, clip,
+                          max_proposals=1, max_poisson=max_poisson, is_active=first.is_accepted)
+    accepted = first.is_accepted & coin.is_accepted
+    chosen = jax.tree.map(lambda new, old: jnp.where(accepted, new, old), new_state, state)
+    info = FactoryInfo(accepted.astype(dtype), accepted, accepted.astype(jnp.int32),
+                       first.is_divergent | coin.is_divergent, coin.num_evals, coin.num_rounds,
+                       coin.num_coins, coin.num_clipped)
+    return chosen, info
+
+
+def mala_factory_step(rng_key, state: InnerState, potential_fn: Callable, step_size, clip, *,
+                      max_poisson: int | None = None,
+                      correction_fn: Callable = trapezoid_correction
+                      ) -> tuple[InnerState, FactoryInfo]:
+    """One MALA step on exp(-U) with an exact test that needs grad U only (no value of U).
+
+    Proposal z' = z - tau g + sqrt(2 tau) xi (one call of ``potential_fn``, whose value is
+    ignored); first stage: MH with U(z') - U(z) replaced by the trapezoid rule <g + g', z' - z> / 2,
+    which makes the log ratio tau (|g|^2 - |g'|^2) / 4; second stage: the factory coin of
+    :func:`factory_test` on :func:`trapezoid_correction` (about 2B more calls in expectation, only
+    after a first-stage acceptance). Exact up to the clipped estimates.
+    """
+    key_noise, key_test = jax.random.split(rng_key)
+    z_new = langevin_proposal(key_noise, state.position, -state.grad, step_size)
+    new_state = init_inner(z_new, potential_fn)
+    trapezoid = 0.5 * jnp.vdot(z_new - state.position, state.grad + new_state.grad)
+    log_ratio = mala_log_ratio(state.position, z_new, -state.grad, -new_state.grad, -trapezoid,
+                               step_size)
+    return factory_test(key_test, log_ratio, state, new_state, potential_fn, clip,
+                        max_poisson=max_poisson, correction_fn=correction_fn)
+
+
+def mala_factory_chain(rng_key, state: InnerState, potential_fn: Callable, step_size,
+                       num_steps: int, clip, *, max_poisson: int | None = None,
+                       correction_fn: Callable = trapezoid_correction
+                       ) -> tuple[InnerState, FactoryInfo]:
+    """``num_steps`` (static) :func:`mala_factory_step` steps; the last state and summed counts."""
+    if max_poisson is None:
+        max_poisson = default_max_poisson(float(clip))
+
+    def body(carry, key):
+        return mala_factory_step(key, carry, potential_fn, step_size, clip,
+                                 max_poisson=max_poisson, correction_fn=correction_fn)
+
+    keys = jax.random.split(rng_key, num_steps)
+    state, infos = jax.lax.scan(body, state, keys)
+    return state, FactoryInfo(jnp.mean(infos.acceptance_rate), jnp.any(infos.is_accepted),
+                              jnp.sum(infos.num_accepted), jnp.any(infos.is_divergent),
+                              jnp.sum(infos.num_evals), jnp.sum(infos.num_rounds),
+                              jnp.sum(infos.num_coins), jnp.sum(infos.num_clipped))

@@ -10,8 +10,8 @@ on the unconstrained vector ``z`` with the log-Jacobian of the change of variabl
 - ``ordered[2] mu``: ``mu = (u1, u1 + exp(u2))``, log-Jacobian ``u2``.
 
 These are Stan's own transforms, so a draw of ``z`` maps to the same constrained draw Stan reports.
-The Stan programs themselves are summarised in ``shared/posteriordb/README.md``; every function here
-follows the Stan program of the same name in stan-dev/posteriordb.
+Every function here follows the Stan program of the same name in stan-dev/posteriordb (the data
+ship in ``scoresample/posteriordb/data``, listed in its README).
 
 Linear-Gaussian likelihoods ``y ~ N(X c, sigma)`` are evaluated through a QR decomposition of ``X``
 made once from the data: ``||y - X c||^2 = ||R c - Q'y||^2 + RSS``, with ``RSS`` the least-squares
@@ -25,7 +25,8 @@ kernel matrix needs float64 (``jax.config.update("jax_enable_x64", True)``).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,16 +10,14 @@ Responsibilities go through logsumexp, never through density ratios.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from scoresample import processes
 from scoresample.base import check_array, check_int, check_key, check_nonnegative
-from scoresample.processes import alpha as _alpha
-from scoresample.processes import sigma2 as _sigma2
 
 __all__ = ["GaussianMixture", "Gaussian"]
 
@@ -61,13 +59,11 @@ class GaussianMixture:
                 raise ValueError(f"basis must have shape (d, {k}), got {basis.shape}")
             if not np.allclose(basis.T @ basis, np.eye(k), atol=1e-8):
                 raise ValueError("basis must have orthonormal columns")
-        self._np = dict(weights=weights / weights.sum(), means=means, covs=covs,
-                        evals=evals, evecs=evecs, basis=basis)
         self.weights = jnp.asarray(weights / weights.sum())
         self.means_latent = jnp.asarray(means)
         self.covs_latent = jnp.asarray(covs)
-        self._evals = jnp.asarray(evals)
-        self._evecs = jnp.asarray(evecs)
+        self.eigenvalues = jnp.asarray(evals)  # (K, k): of each latent covariance, ascending
+        self.eigenvectors = jnp.asarray(evecs)  # (K, k, k): columns, S_k = V diag(lambda) V^T
         self.basis = None if basis is None else jnp.asarray(basis)
         self.latent_dim = k
         self.dim = k if basis is None else basis.shape[0]
@@ -110,13 +106,13 @@ class GaussianMixture:
         key_c, key_z, key_e = jax.random.split(rng_key, 3)
         comp = jax.random.choice(key_c, self.num_components, (n,), p=self.weights)
         z = jax.random.normal(key_z, (n, self.latent_dim), dtype=self.means_latent.dtype)
-        chol = self._evecs * jnp.sqrt(self._evals)[:, None, :]  # V diag(sqrt(lambda))
+        chol = self.eigenvectors * jnp.sqrt(self.eigenvalues)[:, None, :]  # V diag(sqrt(lambda))
         latent = self.means_latent[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
         x0 = latent if self.basis is None else latent @ self.basis.T
         if t == 0.0:
             return x0
         noise = jax.random.normal(key_e, x0.shape, dtype=x0.dtype)
-        return _alpha(t) * x0 + jnp.sqrt(_sigma2(t)) * noise
+        return processes.alpha(t) * x0 + jnp.sqrt(processes.sigma2(t)) * noise
 
     # ----- log p_t, score, energy ---------------------------------------------------------------
     def _component_terms(self, x, t):
@@ -129,14 +125,14 @@ class GaussianMixture:
                 raise ValueError(f"t must be >= 0, got {t}")
         x = jnp.asarray(x)
         t = jnp.asarray(t, dtype=x.dtype)
-        a = jnp.exp(-t)
-        s2 = -jnp.expm1(-2.0 * t)
-        lam = a**2 * self._evals + s2  # (K, k) eigenvalues of a^2 S + s^2 I
+        a = processes.alpha(t)
+        s2 = processes.sigma2(t)
+        lam = a**2 * self.eigenvalues + s2  # (K, k) eigenvalues of a^2 S + s^2 I
         if self.basis is None:
             r = x[None, :] - a * self.means_latent  # (K, d)
-            proj = jnp.einsum("kij,ki->kj", self._evecs, r)  # V^T r
+            proj = jnp.einsum("kij,ki->kj", self.eigenvectors, r)  # V^T r
             quad = jnp.sum(proj**2 / lam, axis=-1)
-            prec_r = jnp.einsum("kij,kj->ki", self._evecs, proj / lam)
+            prec_r = jnp.einsum("kij,kj->ki", self.eigenvectors, proj / lam)
             logdet = jnp.sum(jnp.log(lam), axis=-1)
         else:
             u = self.basis
@@ -144,9 +140,9 @@ class GaussianMixture:
             perp = x - u @ xl  # component outside the subspace
             perp2 = perp @ perp
             r = xl[None, :] - a * self.means_latent  # (K, k)
-            proj = jnp.einsum("kij,ki->kj", self._evecs, r)
+            proj = jnp.einsum("kij,ki->kj", self.eigenvectors, r)
             quad = jnp.sum(proj**2 / lam, axis=-1) + perp2 / s2
-            prec_r = jnp.einsum("kij,kj->ki", self._evecs, proj / lam) @ u.T + perp[None, :] / s2
+            prec_r = jnp.einsum("kij,kj->ki", self.eigenvectors, proj / lam) @ u.T + perp[None, :] / s2
             logdet = jnp.sum(jnp.log(lam), axis=-1) + (self.dim - self.latent_dim) * jnp.log(s2)
         logp_k = jnp.log(self.weights) - 0.5 * quad - 0.5 * logdet
         return logp_k, prec_r
@@ -172,29 +168,15 @@ class GaussianMixture:
         """-log p_t(x) (with its normalising constant)."""
         return -self.logdensity_t(x, t)
 
-    def responsibilities(self, x, t=0.0):
-        logp_k, _ = self._component_terms(x, t)
-        return jax.nn.softmax(logp_k)
-
     def assign(self, x):
         """Index of the most responsible component at t = 0 (batched over leading axes)."""
-        fn = lambda xi: jnp.argmax(self._component_terms(xi, 1e-12 if self.basis is not None else 0.0)[0])
+        t0 = 0.0 if self.basis is None else 1e-12  # a subspace law has no density at t = 0
+
+        def fn(xi):
+            return jnp.argmax(self._component_terms(xi, t0)[0])
+
         x = jnp.asarray(x)
         return fn(x) if x.ndim == 1 else jax.vmap(fn)(x.reshape(-1, self.dim)).reshape(x.shape[:-1])
-
-    def hessian_bound(self, t) -> float:
-        """A bound L_t with -L_t I <= hess log p_t <= L_t I (used by step-size rules)."""
-        a2 = float(np.exp(-2 * t))
-        s2 = float(-np.expm1(-2 * t))
-        lam_min = float(np.min(self._np["evals"]))
-        spread = 0.0
-        mu = self._np["means"]
-        if self.num_components > 1:
-            diffs = mu[:, None, :] - mu[None, :, :]
-            spread = float(np.max(np.sum(diffs**2, -1)))
-        denom = a2 * lam_min + s2
-        inner = 1.0 / denom if self.basis is None else max(1.0 / denom, 1.0 / max(s2, 1e-300))
-        return inner + a2 * spread / denom**2
 
     def __repr__(self):
         return (f"GaussianMixture(dim={self.dim}, num_components={self.num_components}"

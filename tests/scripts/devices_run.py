@@ -21,7 +21,6 @@ import numpy as np  # noqa: E402
 
 from scoresample import targets  # noqa: E402
 from scoresample.driver import scan_particles  # noqa: E402
-from scoresample.processes import alpha, sigma2  # noqa: E402
 
 mix = targets.four_modes_2d()
 ts = np.linspace(2.0, 0.05, 21)

@@ -1,27 +1,36 @@
-"""Warmup shared by every log-density kernel: dual averaging of the step size on a statistic.
+"""Step-size warmup: dual averaging of the step size on a statistic of the kernel's info.
 
-``blackjax.window_adaptation`` only takes kernels with ``(step_size, inverse_mass_matrix)`` that report
-an acceptance rate, so the new samplers tune here. A kernel provides ``kernel(rng_key, state,
-step_size) -> (state, info)`` and a statistic of its info that should sit at ``target`` (the MH
-acceptance for MALA-type kernels; for FORS, the acceptance combined with the clip rate). The scheme is
-Nesterov dual averaging as in Hoffman and Gelman (2014), reused from BlackJAX.
+``blackjax.window_adaptation`` only takes kernels with ``(step_size, inverse_mass_matrix)`` that
+report an acceptance rate, so the package's samplers tune here. A kernel provides
+``kernel(rng_key, state, step_size) -> (state, info)`` and a statistic of its info that should sit
+at ``target`` (the MH acceptance for MALA-type kernels; for FORS, the acceptance combined with the
+clip rate). The scheme is Nesterov dual averaging as in Hoffman and Gelman (2014), reused from
+BlackJAX.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 
-__all__ = ["dual_averaging_warmup", "WarmupResult"]
+__all__ = ["dual_averaging_warmup", "WarmupResult", "bounded_statistic"]
 
 
 class WarmupResult(NamedTuple):
     state: object  # the chain's state after warmup
     step_size: jax.Array  # the tuned step size (dual-averaged, shape=())
     infos: object  # the per-step infos of the warmup, stacked
+
+
+def bounded_statistic(stat) -> jax.Array:
+    """A warmup statistic clipped to [0, 1] in the default float dtype; non-finite values count as
+    0, so that a divergent step makes dual averaging shrink the step size."""
+    stat = jnp.asarray(stat, dtype=jnp.result_type(float))
+    return jnp.where(jnp.isfinite(stat), jnp.clip(stat, 0.0, 1.0), 0.0)
 
 
 def dual_averaging_warmup(rng_key, kernel: Callable, init_state, initial_step_size, num_steps: int,
@@ -34,6 +43,11 @@ def dual_averaging_warmup(rng_key, kernel: Callable, init_state, initial_step_si
     statistics count as 0 so that a divergent step shrinks the step size.
 
     Returns the last state, the averaged step size and the warmup infos.
+
+    Example:
+        >>> kernel = lambda key, state, h: mala.build_kernel()(key, state, logdensity_fn, h)
+        >>> result = dual_averaging_warmup(jax.random.key(0), kernel, state, 0.1, 500,
+        ...                                target=0.574)
     """
     da_init, da_update, da_final = dual_averaging_adaptation(target)
 
@@ -41,9 +55,7 @@ def dual_averaging_warmup(rng_key, kernel: Callable, init_state, initial_step_si
         state, da_state = carry
         step_size = jnp.minimum(jnp.exp(da_state.log_step_size), max_step_size)
         new_state, info = kernel(key, state, step_size)
-        stat = jnp.asarray(stat_fn(info), dtype=jnp.result_type(float))
-        stat = jnp.where(jnp.isfinite(stat), jnp.clip(stat, 0.0, 1.0), 0.0)
-        da_state = da_update(da_state, stat)
+        da_state = da_update(da_state, bounded_statistic(stat_fn(info)))
         return (new_state, da_state), info
 
     keys = jax.random.split(rng_key, num_steps)

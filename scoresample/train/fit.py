@@ -1,43 +1,22 @@
-"""Denoising score matching on the OU process: train a score network, checkpoint it, save and load it.
+"""The training loop: ``fit_score`` with orbax checkpoints; ``run_training``, the CLI's job.
 
-Loss (Vincent 2011; Ho et al. 2020's eps form, Song et al. 2021's continuous time): with
-X_t = a_t X_0 + s_t Z, a_t = e^-t, s_t^2 = -expm1(-2t) and the weighting lambda(t) = s_t^2,
-
-    L(theta) = E_{t, X_0, Z} |eps_theta(X_t, t) - Z|^2 / d,     eps_theta = -s_t score_theta,
-
-whose minimiser is score_theta(x, t) = grad log p_t(x) (the score of a network in any of the
-parameterisations of :mod:`scoresample.nn`; the energy form is trained through its gradient).
-Times are drawn stratified over the batch, log-uniformly on [t_min, t_max] (or uniformly in
-log-SNR), so that small t, where the score is steep, and large t, where the samplers start, both
-get weight.
-
-The optimiser is optax AdamW with linear warmup, cosine decay and global-norm clipping; an
-exponential moving average (EMA) of the weights is what the returned score uses. Steps run in
+An exponential moving average (EMA) of the weights is what the returned score uses. Steps run in
 compiled ``lax.scan`` chunks (the model is split with ``nnx.split`` into a graph definition and
 arrays, and merged inside the compiled function), so the Python loop only runs once per chunk to
 update the progress bar and write orbax checkpoints. Randomness of step k is ``fold_in(key, k)``, so
 a run stopped at a checkpoint and resumed reaches bit for bit the parameters of an uninterrupted run.
-
-Example:
-    >>> from scoresample import datasets, train, diffusion
-    >>> data = datasets.make("two-moons", jax.random.key(0), 20_000)
-    >>> trained = train.fit_score(jax.random.key(1), data, num_steps=5000, batch_size=512,
-    ...                           learning_rate=2e-3)
-    >>> res = diffusion.sample(jax.random.key(2), "ddpm", trained.score_fn, dim=2,
-    ...                        num_samples=1000, nfe=100)
-    >>> trained.save("/tmp/moons_model"); same = train.load("/tmp/moons_model")
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,74 +24,24 @@ import numpy as np
 import optax
 from flax import nnx
 
-from scoresample import nn as _nn
+from scoresample import nn
 from scoresample.base import (
     check_array,
+    check_bool,
     check_callable,
     check_in,
     check_int,
     check_key,
     check_nonnegative,
     check_positive,
+    check_times,
+    jsonable,
+    key_bits,
 )
+from scoresample.train.loss import TIME_SAMPLINGS, denoising_loss, make_optimizer
+from scoresample.train.trained import TrainedScore
 
-__all__ = [
-    "fit_score",
-    "TrainedScore",
-    "load",
-    "run_training",
-    "denoising_loss",
-    "sample_times",
-    "make_optimizer",
-    "TIME_SAMPLINGS",
-    "TrainCarry",
-    "relative_score_error",
-]
-
-TIME_SAMPLINGS = ("log-uniform", "log-snr")
-_FORMAT = "scoresample.TrainedScore/1"
-
-
-# ----- loss ----------------------------------------------------------------------------------------
-
-def sample_times(rng_key, batch_size: int, t_min: float, t_max: float,
-                 kind: str = "log-uniform", dtype=jnp.float32) -> jax.Array:
-    """Stratified training times, shape (batch_size,).
-
-    u_i = (i + U_i) / B (one uniform per stratum), then ``log-uniform``: t = t_min (t_max/t_min)^u;
-    ``log-snr``: lambda uniform between lambda(t_max) and lambda(t_min), t = log1p(e^{-2 lambda}) / 2.
-    """
-    u = (jnp.arange(batch_size, dtype=dtype)
-         + jax.random.uniform(rng_key, (batch_size,), dtype=dtype)) / batch_size
-    if kind == "log-uniform":
-        return jnp.exp(math.log(t_min) + u * (math.log(t_max) - math.log(t_min))).astype(dtype)
-    lam_hi = -0.5 * math.log(math.expm1(2.0 * t_min))
-    lam_lo = -0.5 * math.log(math.expm1(2.0 * t_max))
-    lam = lam_lo + u * (lam_hi - lam_lo)
-    return (0.5 * jnp.log1p(jnp.exp(-2.0 * lam))).astype(dtype)
-
-
-def denoising_loss(model: _nn.ScoreModel, x0, rng_key, *, t_min: float = 1e-3, t_max: float = 10.0,
-                   time_sampling: str = "log-uniform") -> jax.Array:
-    """Mean over the batch and coordinates of |eps_theta(a_t x0 + s_t z, t) - z|^2 (a scalar)."""
-    k_t, k_z = jax.random.split(rng_key)
-    t = sample_times(k_t, x0.shape[0], t_min, t_max, time_sampling, dtype=x0.dtype)
-    z = jax.random.normal(k_z, x0.shape, dtype=x0.dtype)
-    a = jnp.exp(-t)[:, None]
-    s = jnp.sqrt(-jnp.expm1(-2.0 * t))[:, None]
-    eps_hat = model.eps(a * x0 + s * z, t)
-    return jnp.mean(jnp.square(eps_hat - z))
-
-
-def make_optimizer(learning_rate: float, num_steps: int, *, warmup_steps: int,
-                   final_lr_fraction: float = 0.01, weight_decay: float = 0.0,
-                   clip_norm: float = 1.0) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW on a linear-warmup / cosine-decay learning-rate schedule."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
-        decay_steps=max(num_steps, warmup_steps + 1), end_value=learning_rate * final_lr_fraction)
-    return optax.chain(optax.clip_by_global_norm(clip_norm),
-                       optax.adamw(schedule, weight_decay=weight_decay))
+__all__ = ["fit_score", "run_training", "default_model", "TrainCarry"]
 
 
 class TrainCarry(NamedTuple):
@@ -125,148 +54,19 @@ class TrainCarry(NamedTuple):
     losses: jax.Array  # shape=(num_steps,), float32: loss of every step done (0 after)
 
 
-# ----- the result ----------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class TrainedScore:
-    """A trained score network (EMA weights) as pure-JAX functions for the samplers.
-
-    Attributes:
-        dim: data dimension. parameterization: "eps", "score" or "energy".
-        config: the model's ``get_config()`` (None for a custom backbone without one).
-        losses: (num_steps_done,) float32 training loss per step.
-        settings: the training settings.
-    """
-
-    graphdef: Any
-    params: Any
-    rest: Any
-    dim: int
-    parameterization: str
-    config: dict | None
-    losses: np.ndarray
-    settings: dict
-
-    @property
-    def model(self) -> _nn.ScoreModel:
-        """A fresh :class:`~scoresample.nn.ScoreModel` holding the EMA weights."""
-        return nnx.merge(self.graphdef, self.params, self.rest)
-
-    @property
-    def num_steps_done(self) -> int:
-        return int(self.losses.shape[0])
-
-    def score_fn(self, x, t):
-        """grad log p_t(x) for a point x of shape (dim,) (or a batch (..., dim)); pure JAX.
-
-        It merges the graph definition with the EMA arrays at trace time, so it can be used under
-        ``jax.jit``, ``jax.vmap`` and ``jax.grad`` by any sampler.
-        """
-        return nnx.merge(self.graphdef, self.params, self.rest).score(x, t)
-
-    def eps_fn(self, x, t):
-        """The noise prediction -s_t score(x, t)."""
-        return nnx.merge(self.graphdef, self.params, self.rest).eps(x, t)
-
-    @property
-    def energy_fn(self) -> Callable:
-        """``energy_fn(x, t) -> scalar`` with score = -grad energy (energy parameterisation only)."""
-        if self.parameterization != "energy":
-            raise AttributeError(f"energy_fn exists only for parameterization='energy', this "
-                                 f"network is {self.parameterization!r}")
-
-        def energy_fn(x, t):
-            return nnx.merge(self.graphdef, self.params, self.rest).energy(x, t)
-
-        return energy_fn
-
-    def save(self, path: str, *, overwrite: bool = False) -> str:
-        """Write the network to directory ``path`` (config.json + an orbax checkpoint of the arrays).
-
-        Returns the absolute path. Raises FileExistsError if ``path`` exists unless ``overwrite``.
-        """
-        import orbax.checkpoint as ocp
-
-        path = os.path.abspath(os.fspath(path))
-        if os.path.exists(path):
-            if not overwrite:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
-                raise FileExistsError(f"{path} exists and is not a saved TrainedScore; not replacing it")
-        os.makedirs(path, exist_ok=True)
-        meta = dict(format=_FORMAT, dim=self.dim, parameterization=self.parameterization,
-                    config=self.config, settings=self.settings)
-        with open(os.path.join(path, "config.json"), "w") as fh:
-            json.dump(meta, fh, indent=1, sort_keys=True, default=_json_default)
-        arrays = dict(params=self.params, losses=jnp.asarray(self.losses))
-        if jax.tree_util.tree_leaves(self.rest):
-            arrays["rest"] = self.rest
-        ckpt = ocp.StandardCheckpointer()
-        ckpt.save(os.path.join(path, "arrays"), arrays, force=True)
-        ckpt.wait_until_finished()
-        return path
-
-
-def load(path: str, *, model: _nn.ScoreModel | None = None) -> TrainedScore:
-    """Read a network written by :meth:`TrainedScore.save`.
-
-    ``model`` is needed only for a custom backbone that has no ``get_config``: any instance of the same
-    architecture (its weights are replaced).
-    """
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(os.fspath(path))
-    cfg_file = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_file):
-        raise FileNotFoundError(f"no saved TrainedScore at {path} (config.json missing)")
-    with open(cfg_file) as fh:
-        meta = json.load(fh)
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} holds format {meta.get('format')!r}, expected {_FORMAT!r}")
-    if model is None:
-        if meta["config"] is None:
-            raise ValueError("this network has a custom backbone: pass model= (same architecture)")
-        abstract = nnx.eval_shape(lambda: _nn.build(meta["config"]))
-    else:
-        abstract = model
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    target = dict(params=params, losses=jax.ShapeDtypeStruct(
-        (meta["settings"].get("num_steps_done", 0),), jnp.float32))
-    if jax.tree_util.tree_leaves(rest):
-        target["rest"] = rest
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    arrays = ocp.StandardCheckpointer().restore(os.path.join(path, "arrays"), target)
-    return TrainedScore(graphdef, arrays["params"], arrays.get("rest", rest), int(meta["dim"]),
-                        meta["parameterization"], meta["config"], np.asarray(arrays["losses"]),
-                        meta["settings"])
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-# ----- training --------------------------------------------------------------------------------------
+# ----- training --------------------------------------------------------------------------------
 
 def _fingerprint(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
 
-
-def _key_bits(key) -> np.ndarray:
-    """The raw bits of a typed key or of a legacy uint32[2] key."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.asarray(key, dtype=np.uint32)
 
 
 def _rms(data: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(data.astype(np.float64)))))
 
 
-def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
+def fit_score(rng_key, data, *, model: nn.ScoreModel | None = None,
               parameterization: str | None = None, num_steps: int = 20_000, batch_size: int = 512,
               learning_rate: float = 2e-3, warmup_steps: int | None = None,
               final_lr_fraction: float = 0.01, weight_decay: float = 0.0, clip_norm: float = 1.0,
@@ -313,10 +113,10 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
     num_points, dim = data.shape
     if num_points < 2:
         raise ValueError(f"data must hold at least 2 points, got {num_points}")
-    if model is not None and not isinstance(model, _nn.ScoreModel):
+    if model is not None and not isinstance(model, nn.ScoreModel):
         raise TypeError(f"model must be a scoresample.nn.ScoreModel, got {type(model).__name__}")
     if parameterization is not None:
-        check_in("parameterization", parameterization, _nn.PARAMETERIZATIONS)
+        check_in("parameterization", parameterization, nn.PARAMETERIZATIONS)
     if model is not None:
         if parameterization is not None and parameterization != model.parameterization:
             raise ValueError(f"parameterization={parameterization!r} but model is "
@@ -340,10 +140,7 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
     ema_decay = check_nonnegative("ema_decay", ema_decay)
     if ema_decay >= 1.0:
         raise ValueError(f"ema_decay must be < 1, got {ema_decay}")
-    t_min = check_positive("t_min", t_min)
-    t_max = check_positive("t_max", t_max)
-    if t_min >= t_max:
-        raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
+    t_min, t_max = check_times(t_min, t_max)
     check_in("time_sampling", time_sampling, TIME_SAMPLINGS)
     check_in("loop", loop, ("auto", "scan", "python"))
     chunk_size = min(check_int("chunk_size", chunk_size), num_steps)
@@ -353,10 +150,8 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
     if checkpoint_every % chunk_size:
         raise ValueError(f"checkpoint_every ({checkpoint_every}) must be a multiple of chunk_size "
                          f"({chunk_size})")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, got {resume!r}")
-    if not isinstance(progress_bar, (bool, np.bool_)):
-        raise TypeError(f"progress_bar must be a bool, got {progress_bar!r}")
+    resume = check_bool("resume", resume)
+    progress_bar = check_bool("progress_bar", progress_bar)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if callback is not None:
@@ -364,7 +159,7 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
 
     k_init, k_train = jax.random.split(rng_key)
     if model is None:
-        model = _nn.score_model(dim, parameterization=parameterization, data_std=_rms(data),
+        model = nn.score_model(dim, parameterization=parameterization, data_std=_rms(data),
                                 rngs=nnx.Rngs(params=k_init))
     if loop == "auto":
         has_conv = any(isinstance(node, nnx.Conv) for _, node in nnx.iter_graph(model))
@@ -381,7 +176,7 @@ def fit_score(rng_key, data, *, model: _nn.ScoreModel | None = None,
                     t_min=t_min, t_max=t_max, time_sampling=time_sampling, chunk_size=chunk_size,
                     loop=loop, parameterization=parameterization, model=model_config,
                     data_shape=list(data.shape), data_fingerprint=_fingerprint(data),
-                    key_fingerprint=_fingerprint(_key_bits(rng_key)),
+                    key_fingerprint=_fingerprint(key_bits(rng_key)),
                     params_fingerprint=_fingerprint(np.concatenate(
                         [np.ravel(np.asarray(p)) for p in jax.tree_util.tree_leaves(params0)])))
 
@@ -542,7 +337,7 @@ def _open_checkpoints(checkpoint_dir, settings, carry, resume):
         with open(settings_file) as fh:
             saved = json.load(fh)
         saved = {k: saved.get(k) for k in _RESUME_KEYS}
-        wanted_json = json.loads(json.dumps(wanted, default=_json_default))
+        wanted_json = jsonable(wanted)
         differ = [k for k in _RESUME_KEYS if saved[k] != wanted_json[k]]
         if differ:
             manager.close()
@@ -553,41 +348,14 @@ def _open_checkpoints(checkpoint_dir, settings, carry, resume):
         carry = TrainCarry(**restored)
     else:
         with open(settings_file, "w") as fh:
-            json.dump(wanted, fh, indent=1, sort_keys=True, default=_json_default)
+            json.dump(jsonable(wanted), fh, indent=1, sort_keys=True)
     return manager, carry
 
 
-# ----- accuracy against an exact target ------------------------------------------------------------
 
-def relative_score_error(rng_key, score_fn, target, times, *, num_samples: int = 8192) -> np.ndarray:
-    """Relative L2 error of ``score_fn`` under p_t, for each t in ``times``.
+# ----- the job behind ``scoresample train`` ----------------------------------------------------
 
-    err(t) = sqrt( E_{x ~ p_t} |score_fn(x, t) - s_t(x)|^2 / E_{x ~ p_t} |s_t(x)|^2 ), with the exact
-    score s_t and exact draws from p_t of ``target`` (a :mod:`scoresample.targets` object with
-    ``.sample(rng_key, n, t)`` and ``.score(x, t)``), estimated from ``num_samples`` draws per time.
-    """
-    check_key("rng_key", rng_key)
-    check_callable("score_fn", score_fn)
-    num_samples = check_int("num_samples", num_samples)
-    times = check_array("times", np.atleast_1d(np.asarray(times, dtype=np.float64)), ndim=1)
-    if np.any(times <= 0):
-        raise ValueError("times must be > 0")
-
-    @jax.jit
-    def error(x, t):
-        exact = jax.vmap(lambda y: target.score(y, t))(x)
-        approx = jax.vmap(lambda y: score_fn(y, t))(x)
-        return jnp.sqrt(jnp.mean(jnp.sum(jnp.square(approx - exact), axis=-1))
-                        / jnp.mean(jnp.sum(jnp.square(exact), axis=-1)))
-
-    keys = jax.random.split(rng_key, times.shape[0])
-    return np.array([float(error(target.sample(k, num_samples, t=float(t)), t))
-                     for k, t in zip(keys, times)])
-
-
-# ----- the job behind ``scoresample train`` ---------------------------------------------------------
-
-def default_model(dataset: str, parameterization: str, data, rng_key) -> _nn.ScoreModel:
+def default_model(dataset: str, parameterization: str, data, rng_key) -> nn.ScoreModel:
     """The network ``run_training`` uses: the MLP (width 128, 3 blocks) for 2-D sets, the conv net
     with 16 channels for digits (about 0.05 s of CPU per step of batch 128 here; 32 channels cost
     about twice as much)."""
@@ -595,7 +363,7 @@ def default_model(dataset: str, parameterization: str, data, rng_key) -> _nn.Sco
 
     check_in("dataset", dataset, datasets.NAMES)
     options = dict(kind="conv", channels=16, groups=4) if dataset == "digits" else dict(kind="mlp")
-    return _nn.score_model(datasets.dim_of(dataset), parameterization=parameterization,
+    return nn.score_model(datasets.dim_of(dataset), parameterization=parameterization,
                            data_std=_rms(np.asarray(data)), rngs=nnx.Rngs(params=rng_key),
                            **options)
 
@@ -619,7 +387,7 @@ def run_training(dataset: str, *, parameterization: str = "eps", num_steps: int 
     from scoresample import datasets
 
     check_in("dataset", dataset, datasets.NAMES)
-    check_in("parameterization", parameterization, _nn.PARAMETERIZATIONS)
+    check_in("parameterization", parameterization, nn.PARAMETERIZATIONS)
     seed = check_int("seed", seed, minimum=0)
     num_steps = check_int("num_steps", num_steps)  # checked again by fit_score; here before the
     batch_size = check_int("batch_size", batch_size)  # data set is made

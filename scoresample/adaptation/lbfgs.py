@@ -1,22 +1,20 @@
-"""Warmup pieces shared by every method of :func:`scoresample.sample` but NUTS: gradient-only
-L-BFGS, the Laplace start, staged windows and the affine preconditioner."""
+"""Gradient-only L-BFGS: a minimiser that never evaluates the objective, only its gradient.
+
+Warmups use it to move chains from a start far in the tails to the mode region in a few dozen
+gradient evaluations, for kernels (FORS) that never see log-density values.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from scoresample.base import all_finite
+__all__ = ["gradient_only_lbfgs"]
 
 Array = jax.Array
-
-
-# =============================================================================================
-# Warmup, stage 1: gradient-only L-BFGS.
-# =============================================================================================
 
 
 class _LBFGSState(NamedTuple):
@@ -173,146 +171,3 @@ def gradient_only_lbfgs(grad_fn: Callable, x0, *, max_iterations: int = 500, his
 
     final = jax.lax.while_loop(cond, body, state)
     return final.x, final.num_grad_evals, final.iteration
-
-
-# =============================================================================================
-# Warmup, stage 2: Laplace approximation at the optimum.
-# =============================================================================================
-
-
-class _Laplace(NamedTuple):
-    precision: Array  # -H at the optimum, symmetrised, shape=(d, d) (NaN when skipped)
-    covariance: Array  # (-H)^-1, shape=(d, d) (a diagonal fallback when -H is not positive definite)
-    chol_precision: Array  # Cholesky factor of -H, shape=(d, d) (identity when not usable)
-    is_ok: Array  # bool: -H is positive definite and everything is finite
-    num_grad_evals: Array  # int32
-
-
-def _laplace(grad_logdensity, x, max_dim: int) -> _Laplace:
-    d = x.shape[0]
-    dtype = x.dtype
-    eye = jnp.eye(d, dtype=dtype)
-    if d > max_dim:
-        return _Laplace(jnp.full((d, d), jnp.nan, dtype), eye, eye, jnp.zeros((), bool),
-                        jnp.zeros((), jnp.int32))
-    hess = jax.jacfwd(grad_logdensity)(x)
-    precision = -0.5 * (hess + hess.T)
-    chol = jnp.linalg.cholesky(precision)
-    is_ok = jnp.all(jnp.isfinite(chol))
-    chol = jnp.where(is_ok, chol, eye)
-    inv_chol = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
-    covariance = inv_chol.T @ inv_chol
-    diag = jnp.diagonal(precision)
-    fallback = jnp.where(jnp.isfinite(diag) & (diag > 0), 1.0 / jnp.where(diag > 0, diag, 1.0), 1.0)
-    is_ok = is_ok & jnp.all(jnp.isfinite(covariance))
-    covariance = jnp.where(is_ok, covariance, jnp.diag(fallback))
-    return _Laplace(precision, covariance, chol, is_ok, jnp.asarray(2 * d, jnp.int32))
-
-
-def _laplace_draw(rng_key, x, lap: _Laplace, is_valid: Callable):
-    """A start near ``N(x, (-H)^-1)``: the draw scaled by 1, 1/2, 1/4, 1/10 or 0, the first that
-    ``is_valid`` accepts (finite gradient, and a finite value for kernels that use it).
-
-    Returns the start and the evaluations spent checking.
-    """
-    xi = jax.random.normal(rng_key, x.shape, x.dtype)
-    # x + L^-T xi ~ N(x, (L L^T)^-1)
-    full = jax.scipy.linalg.solve_triangular(lap.chol_precision.T, xi, lower=False)
-    diag = 0.5 * jnp.sqrt(jnp.diagonal(lap.covariance)) * xi
-    offset = jnp.where(lap.is_ok, full, diag)
-    chosen, found, evals = x, jnp.zeros((), bool), jnp.zeros((), jnp.int32)
-    for factor in (1.0, 0.5, 0.25, 0.1):
-        candidate = x + factor * offset
-        ok = is_valid(candidate)
-        evals = evals + jnp.where(found, 0, 1).astype(jnp.int32)
-        take = ok & ~found
-        chosen = jnp.where(take, candidate, chosen)
-        found = found | ok
-    return chosen, evals
-
-
-# =============================================================================================
-# Warmup, stage 3: staged windows on the preconditioned scale.
-# =============================================================================================
-
-
-def window_schedule(num_steps: int, *, init_buffer: int = 75, term_buffer: int = 50,
-                    base_window: int = 25):
-    """Stan's warmup schedule: ``(is_slow, is_window_end)`` boolean arrays of length ``num_steps``.
-
-    A fast window of ``init_buffer`` steps (step size only), slow windows of doubling length from
-    ``base_window`` that end by re-estimating the preconditioner, and a final fast window of
-    ``term_buffer`` steps. Short warmups scale the buffers to 15% / 75% / 10% as Stan does.
-    """
-    is_slow = np.zeros(num_steps, bool)
-    is_end = np.zeros(num_steps, bool)
-    if num_steps < 20:
-        return is_slow, is_end
-    if init_buffer + base_window + term_buffer > num_steps:
-        init_buffer = int(0.15 * num_steps)
-        term_buffer = int(0.1 * num_steps)
-        base_window = num_steps - init_buffer - term_buffer
-    slow_end = num_steps - term_buffer
-    start, size = init_buffer, base_window
-    while start < slow_end:
-        end = start + size
-        if end + 2 * size > slow_end:
-            end = slow_end
-        is_slow[start:end] = True
-        is_end[end - 1] = True
-        start, size = end, 2 * size
-    return is_slow, is_end
-
-
-class _WarmupCarry(NamedTuple):
-    states: Any  # kernel states, batched over chains
-    shift: Array  # m, shape=(d,)
-    scale: Array  # D, shape=(d,)
-    da_state: Any  # dual averaging (shared by the chains)
-    sum_x: Array  # shape=(d,)
-    sum_x2: Array  # shape=(d,) (diagonal) or (d, d) (dense): sum of x x^T
-    count: Array  # ()
-    num_grad_evals: Array  # ()
-    num_divergent: Array  # ()
-    sum_z: Array  # shape=(d,): z (preconditioned) moments of the window, for its autocorrelation
-    sum_z2: Array  # shape=(d,)
-    sum_lag: Array  # shape=(d,): sum of z_t z_{t-1}
-    num_lag: Array  # ()
-    prev_z: Array  # shape=(num_chains, d)
-
-
-def _to_x(shift, scale, z):
-    """x = m + D z: ``scale`` is the diagonal D (d,) or a lower-triangular factor (d, d)."""
-    return shift + (scale * z if scale.ndim == 1 else scale @ z)
-
-
-def _to_z(shift, scale, x):
-    if scale.ndim == 1:
-        return (x - shift) / scale
-    return jax.scipy.linalg.solve_triangular(scale, x - shift, lower=True)
-
-
-def _affine(logdensity_fn, shift, scale):
-    """The log-density of z where x = shift + scale z (the constant log|det D| is dropped)."""
-
-    def logdensity_z(z):
-        return logdensity_fn(_to_x(shift, scale, z))
-
-    return logdensity_z
-
-
-#: a step landing further than this many preconditioned standard deviations from the warmup's
-#: centre is refused and flagged divergent (the position has run away, e.g. an approximate kernel
-#: on a heavy tail); the target mass out there is negligible for any posterior with a variance
-RUNAWAY_LIMIT = 1e3
-
-
-def _safe_step(step, key, state, limit=None):
-    """One step whose non-finite (or, with ``limit``, runaway) outcome is contained: keep the old
-    state and flag it."""
-    new_state, info = step(key, state)
-    ok = all_finite(new_state.position)
-    if limit is not None:
-        ok = ok & (jnp.max(jnp.abs(new_state.position)) <= limit)
-    new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
-    return new_state, info, ~ok

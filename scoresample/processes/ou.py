@@ -1,9 +1,9 @@
-"""The forward process, its time schedules and the conversions between network outputs.
+"""The Ornstein-Uhlenbeck forward process, its time grids and schedules.
 
-Forward process (one for the whole package): Ornstein-Uhlenbeck, dX = -X dt + sqrt(2) dB, so
-X_t = a_t X_0 + s_t Z with a_t = exp(-t) and s_t^2 = 1 - exp(-2t) = -expm1(-2t); the stationary law
-is N(0, I). Every schedule is built in float64 numpy with expm1/log1p (never 1 - exp(-2t) by
-subtraction) and only then handed to JAX.
+Forward process of every OU sampler: dX = -X dt + sqrt(2) dB, so X_t = a_t X_0 + s_t Z with
+a_t = exp(-t) and s_t^2 = 1 - exp(-2t) = -expm1(-2t); the stationary law is N(0, I). Every schedule
+is built in float64 numpy with expm1/log1p (1 - exp(-2t) by subtraction loses all digits at small t)
+and only then handed to JAX.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.base import check_in, check_int, check_positive
+from scoresample.base import check_in, check_int, check_positive, check_times
 
 __all__ = [
     "alpha",
@@ -26,46 +26,51 @@ __all__ = [
     "GRID_KINDS",
     "li_yan_schedule",
     "default_t_max",
-    "eps_to_score",
-    "x0_to_score",
     "score_to_x0",
-    "tweedie",
 ]
 
 
 # ----- marginal coefficients (work on numpy or jax inputs) -----------------------------------
 
-def _xp(t):
+def array_module(t):
+    """numpy for Python and numpy numbers and arrays (float64 schedules), else jax.numpy."""
     return np if isinstance(t, (float, int, np.ndarray, np.floating)) else jnp
 
 
 def alpha(t):
     """a_t = exp(-t)."""
-    return _xp(t).exp(-t)
+    return array_module(t).exp(-t)
 
 
 def sigma2(t):
     """s_t^2 = 1 - exp(-2t), computed as -expm1(-2t)."""
-    return -_xp(t).expm1(-2.0 * t)
+    return -array_module(t).expm1(-2.0 * t)
 
 
 def sigma(t):
-    return _xp(t).sqrt(sigma2(t))
+    """s_t = sqrt(1 - exp(-2t))."""
+    return array_module(t).sqrt(sigma2(t))
 
 
 def rho(t):
     """rho_t = e^{2t} - 1 = s_t^2 / a_t^2 (the variance of the noise in x0-scaled units)."""
-    return _xp(t).expm1(2.0 * t)
+    return array_module(t).expm1(2.0 * t)
 
 
 def log_snr(t):
     """lambda_t = log(a_t / s_t) = -0.5 log(e^{2t} - 1)."""
-    return -0.5 * _xp(t).log(rho(t))
+    return -0.5 * array_module(t).log(rho(t))
 
 
 def time_from_log_snr(lam):
     """Inverse of :func:`log_snr`: t = 0.5 log1p(exp(-2 lambda))."""
-    return 0.5 * _xp(lam).log1p(_xp(lam).exp(-2.0 * lam))
+    xp = array_module(lam)
+    return 0.5 * xp.log1p(xp.exp(-2.0 * lam))
+
+
+def score_to_x0(score, x, t):
+    """Tweedie's denoiser x0_hat = (x + s_t^2 score) / a_t."""
+    return (x + sigma2(t) * score) / alpha(t)
 
 
 # ----- time grids ------------------------------------------------------------------------------
@@ -80,10 +85,7 @@ def time_grid(num_steps: int, t_min: float, t_max: float, kind: str = "uniform")
     ``log-snr`` uniform in lambda = log(a_t / s_t) (the DPM-Solver grid).
     """
     num_steps = check_int("num_steps", num_steps)
-    t_min = check_positive("t_min", t_min)
-    t_max = check_positive("t_max", t_max)
-    if t_min >= t_max:
-        raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
+    t_min, t_max = check_times(t_min, t_max)
     check_in("grid", kind, GRID_KINDS)
     u = np.linspace(0.0, 1.0, num_steps + 1, dtype=np.float64)
     if kind == "uniform":
@@ -125,25 +127,3 @@ def li_yan_schedule(num_steps: int, c0: float = 2.0, c1: float = 4.0):
 def default_t_max(dim: int, second_moment: float = 1.0, eps: float = 1e-2) -> float:
     """T about 0.5 log((d + m2) / eps^2): where KL(p_T || N(0, I)) is of order eps^2."""
     return 0.5 * math.log((dim + second_moment) / eps**2)
-
-
-# ----- network output conversions --------------------------------------------------------------
-
-def eps_to_score(eps, t):
-    """score = -eps / s_t."""
-    return -eps / sigma(t)
-
-
-def x0_to_score(x0_hat, x, t):
-    """score = (a_t x0_hat - x) / s_t^2."""
-    return (alpha(t) * x0_hat - x) / sigma2(t)
-
-
-def score_to_x0(score, x, t):
-    """Tweedie's denoiser x0_hat = (x + s_t^2 score) / a_t."""
-    return (x + sigma2(t) * score) / alpha(t)
-
-
-def tweedie(score_fn, x, t):
-    """One Tweedie denoising step E[X_0 | X_t = x] = (x + s_t^2 score(x, t)) / a_t (1 evaluation)."""
-    return score_to_x0(score_fn(x, t), x, t)
