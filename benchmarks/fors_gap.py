@@ -47,15 +47,8 @@ AIM = 5e-4  # the warmup's aim: half of the default clip_tolerance
 
 
 def regression(num_features):
-    data = breast_cancer_logistic().data
-    design = jnp.asarray(data["X"][:, :num_features + 1])
-    labels = jnp.asarray(data["y"])
-
-    def logdensity_fn(beta):
-        eta = design @ beta
-        return jnp.sum(labels * eta - jax.nn.softplus(eta)) - 0.5 * jnp.sum(beta**2)
-
-    return logdensity_fn, num_features + 1
+    model = breast_cancer_logistic(num_features=num_features)
+    return model.logdensity_fn, model.dim
 
 
 def min_ess(draws):

@@ -1,8 +1,9 @@
 """The demo behind ``scoresample demo``: samplers on real posteriors and a score network, one report.
 
-:func:`run_demo` runs FORS, RTK and NUTS on two real posteriors and trains and samples a score
-network on a 2-D set, then writes one HTML report; everything runs in float64 except the score
-network (float32).
+:func:`run_demo` runs FORS, RTK and NUTS on two real posteriors, trains two small score networks
+(eps and energy heads) on a 2-D set and samples them with DPM-Solver++, DDPM, RTK-MALA (factory and
+energy head), FORS and Picard-SDE (:data:`NET_SAMPLERS`), then writes one HTML report; everything
+runs in float64 except the score networks (float32).
 
 Example:
     >>> from scoresample.demo import run_demo
@@ -12,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import time
 
 __all__ = ["run_demo"]
@@ -21,8 +23,46 @@ def _log(msg: str):
     print(msg, flush=True)
 
 
+#: the diffusion samplers of the demo's score-network section: (label, method, network, options)
+NET_SAMPLERS = (
+    ("dpm-solver++", "dpm-solver++", "eps", {"nfe": 20}),
+    ("ddpm", "ddpm", "eps", {"nfe": 100}),
+    ("rtk-mala (factory)", "rtk-mala", "eps", {"nfe": 100, "acceptance": "factory"}),
+    ("rtk-mala (energy head)", "rtk-mala", "energy", {"nfe": 100, "acceptance": "energy"}),
+    ("fors", "fors", "eps", {"delta": 0.1}),
+    ("picard-sde", "picard-sde", "eps", {"num_steps": 100}),
+)
+
+
+class _CompileTimer:
+    """Seconds JAX spent tracing, lowering and compiling while active (jax.monitoring events), so
+    that a wall time can be reported without compilation."""
+
+    def __init__(self):
+        import jax
+
+        self.seconds = 0.0
+        self.active = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, name, secs, **kwargs):
+        if self.active and name.startswith("/jax/core/compile/"):
+            self.seconds += secs
+
+    def run(self, fn):
+        """``(fn(), wall seconds, compile seconds)`` of a call ``fn()``."""
+        self.seconds, self.active = 0.0, True
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        finally:
+            self.active = False
+        return out, time.perf_counter() - t0, self.seconds
+
+
 def _score_net_section(seed: int, quick: bool, num_train_steps: int | None):
-    """Train a tiny score network on a 2-D set and sample it; returns (html, figure, rows)."""
+    """Train two tiny score networks (eps and energy heads) on a 2-D set and sample them with
+    :data:`NET_SAMPLERS`; returns (html, figure, rows)."""
     import jax
     import matplotlib
 
@@ -40,47 +80,65 @@ def _score_net_section(seed: int, quick: bool, num_train_steps: int | None):
     test = np.asarray(datasets.make(name, k_test, 2000))
     steps = num_train_steps or (300 if quick else 2500)
     t0 = time.perf_counter()
-    model = nn.score_model(2, parameterization="eps", kind="mlp",
-                           data_std=float(np.sqrt(np.mean(data**2))),
-                           rngs=nnx.Rngs(params=k_model), hidden=64, depth=2)
-    trained = train.fit_score(k_fit, data, model=model, num_steps=steps, batch_size=256,
-                              learning_rate=3e-3, progress_bar=False)
+    nets = {}
+    for i, head in enumerate(("eps", "energy")):
+        model = nn.score_model(2, parameterization=head, kind="mlp",
+                               data_std=float(np.sqrt(np.mean(data**2))),
+                               rngs=nnx.Rngs(params=jax.random.fold_in(k_model, i)), hidden=64,
+                               depth=2)
+        nets[head] = train.fit_score(jax.random.fold_in(k_fit, i), data, model=model,
+                                     num_steps=steps, batch_size=256, learning_rate=3e-3,
+                                     progress_bar=False)
     train_time = time.perf_counter() - t0
+    timer = _CompileTimer()
     rows = []
     samples = {}
     mixture = datasets.eight_gaussians_mixture()
-    for method, options in (("dpm-solver++", {"nfe": 20}), ("ddpm", {"nfe": 100})):
-        t1 = time.perf_counter()
-        res = diffusion.sample(k_sample, method, trained.score_fn, dim=2, num_samples=1000,
-                               **options)
+    for label, method, head, options in NET_SAMPLERS:
+        net = nets[head]
+        energy = {"energy_fn": net.energy_fn} if head == "energy" else {}
+        res, wall, compile_s = timer.run(functools.partial(
+            diffusion.sample, k_sample, method, net.score_fn, dim=2, num_samples=1000, **energy,
+            **options))
         x = np.asarray(res.samples, dtype=np.float64)
-        samples[method] = x
-        rows.append({"sampler": method, "score evals per sample": res.nfe,
+        samples[label] = x
+        rows.append({"sampler": label, "score evals per sample": res.nfe, "rounds": res.rounds,
                      "energy distance to held-out data": float(metrics.energy_distance(x, test)),
                      "mode-weight error": float(metrics.mode_weight_error(x, mixture)),
-                     "wall (s)": time.perf_counter() - t1})
+                     "divergent": int(np.sum(np.asarray(res.is_divergent))),
+                     "wall without compilation (s)": wall - compile_s})
     fresh = np.asarray(datasets.make(name, jax.random.fold_in(k_test, 1), 1000))
     rows.append({"sampler": "fresh data (reference)", "score evals per sample": float("nan"),
+                 "rounds": float("nan"),
                  "energy distance to held-out data": float(metrics.energy_distance(fresh, test)),
                  "mode-weight error": float(metrics.mode_weight_error(fresh, mixture)),
-                 "wall (s)": float("nan")})
-    fig, axes = plt.subplots(1, 1 + len(samples), figsize=(4 * (1 + len(samples)), 4),
+                 "divergent": 0, "wall without compilation (s)": float("nan")})
+    cols = 1 + len(samples)
+    fig, axes = plt.subplots(2, (cols + 1) // 2, figsize=(3.2 * ((cols + 1) // 2), 6.4),
                              sharex=True, sharey=True)
+    axes = axes.ravel()
     axes[0].scatter(test[:1000, 0], test[:1000, 1], s=2, alpha=0.5)
-    axes[0].set_title(f"held-out data ({name})")
-    for ax, (method, x) in zip(axes[1:], samples.items()):
+    axes[0].set_title(f"held-out data ({name})", fontsize=9)
+    for ax, (label, x) in zip(axes[1:], samples.items()):
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="C1")
-        ax.set_title(f"score net + {method}")
+        ax.set_title(f"score net + {label}", fontsize=9)
+    for ax in axes[cols:]:
+        ax.set_visible(False)
     for ax in axes:
         ax.set_aspect("equal")
     fig.tight_layout()
-    intro = (f"<p>A score network (MLP, width 64, 2 residual blocks, eps-parameterisation) trained "
-             f"by denoising score matching for {steps} steps (batch 256) on 4000 points of "
-             f"<code>{name}</code> in {train_time:.0f} s, then sampled with two diffusion "
-             f"samplers (<code>scoresample.diffusion.sample</code>). Final training loss "
-             f"{float(np.mean(trained.losses[-50:])):.3f}.</p>")
+    losses = ", ".join(f"{head} {float(np.mean(net.losses[-50:])):.3f}" for head, net in nets.items())
+    intro = (f"<p>Two score networks (MLP, width 64, 2 residual blocks; one with an eps head, one "
+             f"with an energy head whose gradient is the score) trained by denoising score "
+             f"matching for {steps} steps each (batch 256) on 4000 points of <code>{name}</code> "
+             f"in {train_time:.0f} s (final losses {losses}), then sampled with "
+             f"<code>scoresample.diffusion.sample</code>. RTK-MALA (factory) uses only the eps "
+             f"network's scores (an exact Metropolis test by a Bernoulli factory); RTK-MALA "
+             f"(energy head) uses the energy network's energy in its test. Score evals per sample "
+             f"count what ran (for FORS and Picard, which have random costs, what the batch "
+             f"executed); rounds are sequential rounds of batched evaluation; the wall time "
+             f"excludes JAX's tracing and compilation.</p>")
     return intro, fig, rows
-
 
 
 def _print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
@@ -145,7 +203,8 @@ def run_demo(out="outputs/demo/report.html", *, seed: int = 0, quick: bool = Fal
        :func:`scoresample.models.breast_cancer_logistic`).
     2. Eight schools, non-centred (:mod:`scoresample.posteriordb`, shipped with the package),
        compared with posteriordb's reference (z-scores in the report).
-    3. A tiny score network trained on ``8gaussians`` and sampled with diffusion samplers.
+    3. Two tiny score networks trained on ``8gaussians`` and sampled with :data:`NET_SAMPLERS`
+       (score calls, rounds, energy distance, mode-weight error, wall time without compilation).
 
     Every method runs at ``scoresample.sample``'s defaults (the same warmup recipe, the dense
     preconditioner on these posteriors, ``thin="auto"``). A method whose run has not converged
@@ -216,7 +275,8 @@ def run_demo(out="outputs/demo/report.html", *, seed: int = 0, quick: bool = Fal
     for r in net_rows:
         rows.append({"model": "score net (8gaussians)", "sampler": r["sampler"],
                      "energy distance": r["energy distance to held-out data"],
-                     "grad_evals_sampling": r["score evals per sample"]})
+                     "grad_evals_sampling": r["score evals per sample"],
+                     "wall (s)": r["wall without compilation (s)"]})
 
     notes = (f"Draws from <code>scoresample.sample</code> at its defaults ({num_chains} chains, "
              f"{num_warmup} warmup steps, {num_draws} kept draws, <code>thin=\"auto\"</code>: FORS "

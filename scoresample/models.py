@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.base import check_positive
+from scoresample.base import check_int, check_positive
 
 __all__ = ["LogDensityModel", "breast_cancer_logistic", "eight_schools_numpyro",
            "EIGHT_SCHOOLS_DATA"]
@@ -45,31 +45,37 @@ class LogDensityModel:
     description: str
 
 
-def breast_cancer_logistic(prior_scale: float = 1.0) -> LogDensityModel:
+def breast_cancer_logistic(prior_scale: float = 1.0, num_features: int = 30) -> LogDensityModel:
     """Bayesian logistic regression on scikit-learn's breast-cancer data.
 
-    Model: y_i ~ Bernoulli(sigmoid(beta_0 + x_i^T beta)), i = 1..569, with x_i the 30 features
+    Model: y_i ~ Bernoulli(sigmoid(beta_0 + x_i^T beta)), i = 1..569, with x_i the first
+    ``num_features`` of the 30 features (all by default)
     standardised to mean 0 and variance 1 (population sd) and beta_j ~ N(0, prior_scale^2) for all
-    31 coefficients (intercept first). The log-density is
+    num_features + 1 coefficients (intercept first). The log-density is
     sum_i [y_i eta_i - log(1 + e^{eta_i})] - |beta|^2 / (2 prior_scale^2), with eta = X beta,
     computed with ``jax.nn.softplus`` (stable for large |eta|).
 
     Args:
         prior_scale: standard deviation of the Gaussian prior (> 0).
+        num_features: how many of the features (in scikit-learn's order) enter, 1 to 30.
 
     Returns:
-        :class:`LogDensityModel` with ``dim = 31``, ``names = ("intercept", <feature names>)`` and
-        ``data = {"X": (569, 31) design with a column of ones, "y": (569,) labels in {0, 1}}``.
+        :class:`LogDensityModel` with ``dim = num_features + 1`` (31 by default),
+        ``names = ("intercept", <feature names>)`` and ``data = {"X": (569, dim) design with a
+        column of ones, "y": (569,) labels in {0, 1}}``.
     """
     from sklearn.datasets import load_breast_cancer
 
     prior_scale = check_positive("prior_scale", prior_scale)
+    num_features = check_int("num_features", num_features)
+    if not 1 <= num_features <= 30:
+        raise ValueError(f"num_features must be between 1 and 30, got {num_features}")
     raw = load_breast_cancer()
-    features = np.asarray(raw.data, dtype=np.float64)
+    features = np.asarray(raw.data, dtype=np.float64)[:, :num_features]
     features = (features - features.mean(axis=0)) / features.std(axis=0)
     design = np.concatenate([np.ones((features.shape[0], 1)), features], axis=1)
     labels = np.asarray(raw.target, dtype=np.float64)
-    names = ("intercept",) + tuple(str(n) for n in raw.feature_names)
+    names = ("intercept",) + tuple(str(n) for n in raw.feature_names[:num_features])
     design_j = jnp.asarray(design)
     labels_j = jnp.asarray(labels)
     inv_var = 1.0 / prior_scale**2
@@ -79,7 +85,8 @@ def breast_cancer_logistic(prior_scale: float = 1.0) -> LogDensityModel:
         loglik = jnp.sum(labels_j * eta - jax.nn.softplus(eta))
         return loglik - 0.5 * inv_var * jnp.sum(beta**2)
 
-    description = (f"Bayesian logistic regression, scikit-learn breast-cancer data (n=569, 30 "
+    description = (f"Bayesian logistic regression, scikit-learn breast-cancer data (n=569, "
+                   f"{num_features} "
                    f"standardised features + intercept), prior N(0, {prior_scale:g}^2 I)")
     return LogDensityModel(logdensity_fn, design.shape[1], names,
                            {"X": design, "y": labels}, description)

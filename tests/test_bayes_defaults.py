@@ -97,15 +97,8 @@ def _regression(num_features=14):
     data, plus an intercept (d = 15), prior N(0, I)."""
     from scoresample.models import breast_cancer_logistic
 
-    data = breast_cancer_logistic().data
-    design = jnp.asarray(data["X"][:, :num_features + 1])
-    labels = jnp.asarray(data["y"])
-
-    def logdensity_fn(beta):
-        eta = design @ beta
-        return jnp.sum(labels * eta - jax.nn.softplus(eta)) - 0.5 * jnp.sum(beta**2)
-
-    return logdensity_fn, num_features + 1
+    model = breast_cancer_logistic(num_features=num_features)
+    return model.logdensity_fn, model.dim
 
 
 @pytest.mark.slow
