@@ -139,4 +139,9 @@ def test_demo_quick_writes_a_report(tmp_path, capsys):
     assert _tbody_rows(schools)[0] == 1 and "Against the reference" in schools
     assert _tbody_rows(schools.split("Against the reference", 1)[1])[0] == 10
     net = next(s for t, s in zip(titles, sections) if t.startswith("Score network on"))
-    assert _tbody_rows(net)[0] >= 2  # a row per diffusion sampler
+    # a row per diffusion sampler (ours beside the baselines) and one for fresh data
+    from scoresample.demo import NET_SAMPLERS
+
+    assert _tbody_rows(net)[0] == len(NET_SAMPLERS) + 1
+    for label in ("rtk-mala (factory)", "rtk-mala (energy head)", "fors", "picard-sde"):
+        assert f"<td>{label}</td>" in net, label
