@@ -178,17 +178,15 @@ def build_plan(method: str, score_fn, *, dim: int, energy_fn=None, **options) ->
 
 def _check_options(method: str, plan_fn, options: dict) -> None:
     """An option that ``method``'s plan does not take is a TypeError naming it and the valid ones,
-    raised before anything is built."""
+    raised before anything is built. (``dim`` and ``energy_fn`` are build_plan's own arguments.)"""
     params = inspect.signature(plan_fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    valid = sorted(name for name, p in params.items()
-                   if p.kind is inspect.Parameter.KEYWORD_ONLY or
-                   (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not p.empty))
-    unknown = sorted(set(options) - set(params))
+    valid = sorted(set(params) - {"score_fn", "dim", "energy_fn"})
+    unknown = sorted(set(options) - set(valid))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                         f"{method!r}; its options are {', '.join(v for v in valid if v != 'energy_fn')}")
+                        f"{method!r}; its options are {', '.join(valid)}")
 
 
 def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bool = False,
