@@ -21,6 +21,7 @@ This interface is stable: add keys to the dicts, do not rename them.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -29,10 +30,11 @@ import time
 
 import jax
 import numpy as np
+from scipy import stats
 
 from scoresample import metrics
 
-__all__ = ["METRICS", "evaluate", "exact_floor", "summarize", "mean_sd", "frechet_distance",
+__all__ = ["METRICS", "evaluate", "exact_floor", "ks_to_exact", "summarize", "mean_sd", "frechet_distance",
            "markdown_table", "write_report", "command_line"]
 
 # The keys of evaluate()'s dict, in display order, with a short label.
@@ -52,8 +54,8 @@ def evaluate(samples, mixture, rng_key, *, num_projections: int = 128) -> dict:
         rng_key: key for the exact reference sample and the sliced-Wasserstein directions.
 
     Returns:
-        dict with ``energy_distance``, ``sliced_w2``, ``mode_weight_error`` (floats) and
-        ``num_nonfinite`` (int).
+        dict with ``energy_distance``, ``sliced_w2``, ``mode_weight_error``, ``component_kl``
+        (floats) and ``num_nonfinite`` (int).
     """
     samples = np.asarray(samples, dtype=np.float64)
     finite = np.all(np.isfinite(samples), axis=1)
@@ -62,14 +64,26 @@ def evaluate(samples, mixture, rng_key, *, num_projections: int = 128) -> dict:
     reference = np.asarray(mixture.sample(key_ref, max(1, samples.shape[0])))
     if kept.shape[0] < 2:
         nan = float("nan")
-        return dict(energy_distance=nan, sliced_w2=nan, mode_weight_error=nan,
+        return dict(energy_distance=nan, sliced_w2=nan, mode_weight_error=nan, component_kl=nan,
                     num_nonfinite=int((~finite).sum()))
     return dict(
         energy_distance=metrics.energy_distance(kept, reference),
         sliced_w2=metrics.sliced_wasserstein(key_sw, kept, reference, num_projections),
         mode_weight_error=metrics.mode_weight_error(kept, mixture),
+        component_kl=metrics.component_kl(kept, mixture),
         num_nonfinite=int((~finite).sum()),
     )
+
+
+def ks_to_exact(samples, mixture, t):
+    """Kolmogorov-Smirnov distance between 1-D samples and the exact CDF of p_t, and its p-value."""
+    a, s2 = math.exp(-t), -math.expm1(-2 * t)
+    w = np.asarray(mixture.weights)
+    mu = a * np.asarray(mixture.means)[:, 0]
+    sd = np.sqrt(a**2 * np.asarray(mixture.covs)[:, 0, 0] + s2)
+    cdf = lambda x: np.sum(w[:, None] * stats.norm.cdf((x[None, :] - mu[:, None]) / sd[:, None]), 0)
+    res = stats.kstest(np.asarray(samples)[:, 0], cdf)
+    return float(res.statistic), float(res.pvalue)
 
 
 def exact_floor(mixture, num_samples: int, rng_key) -> dict:

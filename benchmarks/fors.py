@@ -52,8 +52,7 @@ jax.config.update("jax_enable_x64", True)
 import blackjax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import evaluate, markdown_table, write_report  # noqa: E402
-from scipy import stats  # noqa: E402
+from common import evaluate, ks_to_exact, markdown_table, write_report  # noqa: E402
 
 import scoresample  # noqa: E402
 from scoresample import diffusion, targets  # noqa: E402
@@ -69,17 +68,6 @@ def use_compilation_cache(path):
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-
-
-def ks_to_exact(samples, mixture, t):
-    """Kolmogorov-Smirnov distance between 1-D samples and the exact CDF of p_t, and its p-value."""
-    a, s2 = math.exp(-t), -math.expm1(-2 * t)
-    w = np.asarray(mixture.weights)
-    mu = a * np.asarray(mixture.means)[:, 0]
-    sd = np.sqrt(a**2 * np.asarray(mixture.covs)[:, 0, 0] + s2)
-    cdf = lambda x: np.sum(w[:, None] * stats.norm.cdf((x[None, :] - mu[:, None]) / sd[:, None]), 0)
-    res = stats.kstest(np.asarray(samples)[:, 0], cdf)
-    return float(res.statistic), float(res.pvalue)
 
 
 def grouped(samples, mixture, key, groups):

@@ -54,11 +54,87 @@ from scoresample.base import check_int
 from scoresample.parallel import PARTICLES, gather, particle_time_mesh
 
 __all__ = ["Machine", "MachinePlan", "BatchRun", "run_autobatched", "run_lockstep", "run_in_jit",
-           "default_num_lanes", "step_bucket", "INIT_FOLD"]
+           "default_num_lanes", "step_bucket", "INIT_FOLD", "fold_in", "uniform", "threefry2x32"]
 
 Array = jax.Array
 
 INIT_FOLD = 2**31 - 1  # a particle's init key is fold_in(particle_key, INIT_FOLD), as in driver.py
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY = "threefry2x32"
+
+
+@jax.jit
+def threefry2x32(k0, k1, x0, x1):
+    """The Threefry-2x32 hash (20 rounds; Salmon, Moraes, Dror, Shaw, "Parallel random numbers:
+    as easy as 1, 2, 3", SC 2011) of the counters (x0, x1) under the key (k0, k1), uint32 arrays
+    that broadcast together: the hash of JAX's threefry PRNG, bit for bit.
+
+    Written out in array operations: on CPU JAX lowers its hash to a loop over the rounds, which
+    inside the autobatched ``while_loop`` runs as a sequence of small kernels per round (the
+    largest bookkeeping cost of a FORS iteration, measured); these operations fuse into one.
+    Jitted so that each shape is traced once however many call sites use it.
+    """
+    k0, k1, x0, x1 = (jnp.asarray(a, jnp.uint32) for a in (k0, k1, x0, x1))
+    keys = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + k0, x1 + k1
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+        x0 = x0 + keys[(i + 1) % 3]
+        x1 = x1 + keys[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def _is_fast(key) -> bool:
+    """A threefry key with JAX's default bit layout: :func:`threefry2x32` reproduces its draws."""
+    return (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and str(jax.random.key_impl(key)) == _THREEFRY and jax.config.jax_threefry_partitionable
+            and jax.config.jax_legacy_random_uniform)
+
+
+def fold_in(key, data):
+    """``jax.random.fold_in(key, data)`` (the same key), one key and a scalar (callers vmap)."""
+    if not _is_fast(key):
+        return jax.random.fold_in(key, data)
+    words = jax.random.key_data(key)
+    y0, y1 = threefry2x32(words[..., 0], words[..., 1], 0, jnp.asarray(data).astype(jnp.uint32))
+    # fused with the stacking, each of the two words would hash again (measured: twice the cost)
+    y0, y1 = jax.lax.optimization_barrier((y0, y1))
+    return jax.random.wrap_key_data(jnp.stack([y0, y1], axis=-1), impl=_THREEFRY)
+
+
+STREAM_FOLD = 2**32 - 2  # keys that threefry2x32 does not reproduce: stream s of a key is
+# drawn from fold_in(fold_in(key, STREAM_FOLD), s)
+
+
+def uniform(key, num: int, dtype, minval, maxval, stream=0):
+    """``num`` uniform draws on [minval, maxval) from stream ``stream`` of ``key`` (one key).
+
+    Stream 0 is ``jax.random.uniform(key, (num,), dtype, minval, maxval)`` (the same draws).
+    Stream s >= 1 (a uint32, may be traced) of a threefry key hashes the counters (s, 0 ... num - 1)
+    under it, which neither ``jax.random.uniform`` nor ``fold_in`` of that key hashes (their
+    counters are (0, j)): a step's draws come from its key without a ``fold_in`` per unit.
+    """
+    dtype = jnp.dtype(dtype)
+    if not _is_fast(key) or dtype not in (jnp.float32, jnp.float64):
+        if not (isinstance(stream, int) and stream == 0):
+            key = jax.random.fold_in(jax.random.fold_in(key, STREAM_FOLD), stream)
+        return jax.random.uniform(key, (num,), dtype, minval, maxval)
+    words = jax.random.key_data(key)
+    count = jnp.arange(num, dtype=jnp.uint32)
+    hi = jnp.asarray(stream).astype(jnp.uint32)
+    w0, w1 = threefry2x32(words[..., 0, None], words[..., 1, None], hi, count)
+    if dtype == jnp.float64:
+        bits = (w0.astype(jnp.uint64) << np.uint64(32)) | w1.astype(jnp.uint64)
+        one, shift = np.uint64(0x3FF0000000000000), np.uint64(64 - 52)
+    else:
+        bits, one, shift = w0 ^ w1, np.uint32(0x3F800000), np.uint32(32 - 23)
+    floats = jax.lax.bitcast_convert_type((bits >> shift) | one, dtype) - jnp.asarray(1.0, dtype)
+    minval, maxval = jnp.asarray(minval, dtype), jnp.asarray(maxval, dtype)
+    return jnp.maximum(minval, floats * (maxval - minval) + minval)
 
 
 class Machine(NamedTuple):
@@ -80,6 +156,11 @@ class Machine(NamedTuple):
       to the loop as an argument); ``max_steps``: the length of per-step buffers (static,
       at least ``num_steps``; a bucket such as :func:`step_bucket` lets grids of different
       lengths share a compiled program).
+    - ``program_key``: None, or a hashable value that determines the five functions (for
+      example the score function and the kernel's static options): machines with equal keys
+      and equal ``max_steps`` reuse one traced and compiled loop (:func:`run_autobatched` and
+      :func:`run_lockstep` keep the last :data:`PROGRAM_CACHE_SIZE`), so a repeated call pays
+      neither tracing nor compilation.
 
     Every unit evaluates exactly once, whatever the kernel's program counter, so that a batch of
     particles at different places costs one batched evaluation per iteration.
@@ -93,6 +174,11 @@ class Machine(NamedTuple):
     params: Any
     num_steps: int
     max_steps: int
+    program_key: Any = None
+
+
+PROGRAM_CACHE_SIZE = 16
+_PROGRAMS: dict = {}  # (program key, driver, sizes) -> (the jitted loop, the info's shapes)
 
 
 class MachinePlan(NamedTuple):
@@ -223,9 +309,13 @@ def _group_autobatched(machine: Machine, params, rng_key, num_steps, step_offset
         records = _zeros(rec, (max_steps, num_group))
 
     def start(local):  # particle ``first + local``: its key and its initial carry
-        key = (jax.random.fold_in(rng_key, first + local) if particle_keys is None
+        key = (fold_in(rng_key, first + local) if particle_keys is None
                else particle_keys[first + local])
         return key, machine.init(params, key, first + local)
+
+    # every particle's key and start, computed once: a refill (most iterations, when particles
+    # are many) then gathers them instead of hashing and drawing on every lane
+    start_keys, start_carries = jax.vmap(start)(jnp.arange(num_group, dtype=jnp.int32))
 
     # every lane starts empty and takes a particle in the first iteration
     state = dict(
@@ -254,7 +344,9 @@ def _group_autobatched(machine: Machine, params, rng_key, num_steps, step_offset
         empty = s["empty"]
         local = s["next_local"] + jnp.cumsum(empty.astype(jnp.int32)) - 1
         takes = empty & (local < num_group)
-        keys_new, carry_new = jax.vmap(start)(jnp.minimum(local, num_group - 1))
+        slot = jnp.minimum(local, num_group - 1)
+        keys_new = start_keys[slot]
+        carry_new = jax.tree_util.tree_map(lambda a: a[slot], start_carries)
         return dict(
             s, local=jnp.where(empty, jnp.where(takes, local, num_group), s["local"]),
             keys=_select(takes, keys_new, s["keys"]), carry=_select(takes, carry_new, s["carry"]),
@@ -267,7 +359,7 @@ def _group_autobatched(machine: Machine, params, rng_key, num_steps, step_offset
         s = jax.lax.cond(jnp.any(s["empty"]) & (s["next_local"] < num_group), refill,
                          lambda s: s, s)
         active, step = s["active"], s["step"]
-        step_keys = jax.vmap(jax.random.fold_in)(s["keys"], step_offset + step)
+        step_keys = jax.vmap(fold_in)(s["keys"], step_offset + step)
         begun = jax.vmap(machine.begin, in_axes=(None, 0, 0, 0))(params, step_keys, s["carry"],
                                                                   step)
         work = _select(s["is_new_step"], begun, s["work"])
@@ -304,7 +396,7 @@ def _group_lockstep(machine: Machine, params, rng_key, num_steps, step_offset, g
     first = group * num_group
     carry_shape, info_shape = _shapes(machine, rng_key)
     local = jnp.arange(num_group, dtype=jnp.int32)
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, first + i))(local)
+    keys = jax.vmap(lambda i: fold_in(rng_key, first + i))(local)
     carry = jax.vmap(machine.init, in_axes=(None, 0, 0))(params, keys, first + local)
     info0 = _zeros(info_shape, (num_group,))
 
@@ -312,7 +404,7 @@ def _group_lockstep(machine: Machine, params, rng_key, num_steps, step_offset, g
         carry, needed, divergent = c
         steps = jnp.full((num_group,), step, jnp.int32)
         work = jax.vmap(machine.begin, in_axes=(None, 0, 0, 0))(
-            params, jax.vmap(jax.random.fold_in)(keys, step_offset + steps), carry, steps)
+            params, jax.vmap(fold_in)(keys, step_offset + steps), carry, steps)
 
         def body(s):
             work, new_carry, done, info, needed, iterations = s
@@ -338,6 +430,22 @@ def _group_lockstep(machine: Machine, params, rng_key, num_steps, step_offset, g
     return carry, needed, divergent, sums, records, jnp.sum(iterations)
 
 
+def _program(group_fn, machine: Machine, mesh, num_group: int, record_fn, dtype, static):
+    """The jitted loop of one device group (shard-mapped over the particle mesh if any)."""
+    group_fn = functools.partial(group_fn, machine, num_group=num_group, record_fn=record_fn,
+                                 dtype=dtype, **static)
+
+    def batched(params, key, num_steps, offset, groups):
+        return jax.tree_util.tree_map(lambda a: a[None],
+                                      group_fn(params, key, num_steps, offset, groups[0]))
+
+    if mesh is None:
+        return jax.jit(batched)
+    spec, whole = PartitionSpec(PARTICLES), PartitionSpec()
+    return jax.jit(jax.shard_map(batched, mesh=mesh, in_specs=(whole, whole, whole, whole, spec),
+                                 out_specs=spec, check_vma=False))
+
+
 def _run(group_fn, machine: Machine, rng_key, num_particles: int, width, step_offset,
          record_fn, **static):
     mesh = particle_time_mesh(num_particles, None)
@@ -347,19 +455,22 @@ def _run(group_fn, machine: Machine, rng_key, num_particles: int, width, step_of
     if machine.max_steps < machine.num_steps:
         raise ValueError(f"max_steps ({machine.max_steps}) must be >= num_steps "
                          f"({machine.num_steps})")
-    group_fn = functools.partial(group_fn, machine, num_group=num_group, record_fn=record_fn,
-                                 dtype=dtype, **static)
+    cache_key = None if machine.program_key is None else (
+        machine.program_key, machine.max_steps, group_fn.__name__, num_particles, num_groups,
+        record_fn, str(dtype), tuple(sorted(static.items())))
+    try:
+        program = None if cache_key is None else _PROGRAMS.get(cache_key)
+    except (TypeError, ValueError):  # a score function that cannot be hashed or compared
+        cache_key, program = None, None
+    if program is None:
+        program = (_program(group_fn, machine, mesh, num_group, record_fn, dtype, static),
+                   _shapes(machine, rng_key)[1])
+        if cache_key is not None:
+            _PROGRAMS[cache_key] = program
+            while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
+                _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    fn, info_shape = program
 
-    def batched(params, key, num_steps, offset, groups):
-        return jax.tree_util.tree_map(lambda a: a[None],
-                                      group_fn(params, key, num_steps, offset, groups[0]))
-
-    if mesh is None:
-        fn = jax.jit(batched)
-    else:
-        spec, whole = PartitionSpec(PARTICLES), PartitionSpec()
-        fn = jax.jit(jax.shard_map(batched, mesh=mesh, in_specs=(whole, whole, whole, whole, spec),
-                                   out_specs=spec, check_vma=False))
     out = fn(machine.params, rng_key, jnp.asarray(machine.num_steps, jnp.int32),
              jnp.asarray(step_offset, jnp.int32), jnp.arange(num_groups, dtype=jnp.int32))
     carries, needed, divergent, sums, records, iterations = gather(out)
@@ -371,7 +482,7 @@ def _run(group_fn, machine: Machine, rng_key, num_particles: int, width, step_of
             lambda a: jnp.reshape(jnp.swapaxes(a, 0, 1)[:num_steps],
                                   (num_steps, num_particles) + a.shape[3:]), records)
     sums = np.sum(np.asarray(sums, dtype=np.float64), axis=0)[:num_steps]  # (steps, fields)
-    step_sums = _info_unflatten(_shapes(machine, rng_key)[1], sums)
+    step_sums = _info_unflatten(info_shape, sums)
     iterations = np.asarray(iterations, dtype=np.int64)
     return BatchRun(carries, flat(needed), flat(divergent), step_sums, records,
                     int(np.sum(iterations) * width(num_group)), int(np.max(iterations)),

@@ -60,6 +60,36 @@ def _same(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_equal_program_keys_share_one_traced_loop():
+    # A machine with a program_key is traced once per key: a second machine with the same key and
+    # other params (a new grid) runs the first's program with its own params; a machine with
+    # another key (or none) is traced anew. Tracing is counted by a Python side effect in evaluate.
+    traces = [0]
+
+    def keyed(step_scale, key):
+        m = toy_machine()
+
+        def evaluate(params, x):
+            traces[0] += 1
+            return m.evaluate(params, x)
+
+        return m._replace(evaluate=evaluate, params=jnp.asarray(step_scale), program_key=key)
+
+    rng = jax.random.key(4)
+    first = autobatch.run_autobatched(rng, keyed(0.01, ("toy", 1)), 12, num_lanes=4)
+    after_first = traces[0]
+    again = autobatch.run_autobatched(rng, keyed(0.01, ("toy", 1)), 12, num_lanes=4)
+    other_params = autobatch.run_autobatched(rng, keyed(0.02, ("toy", 1)), 12, num_lanes=4)
+    assert after_first > 0 and traces[0] == after_first
+    _same(again.carries, first.carries)
+    fresh = autobatch.run_autobatched(rng, keyed(0.02, None), 12, num_lanes=4)
+    assert traces[0] > after_first
+    _same(fresh.carries, other_params.carries)  # the cached program used the new params
+    assert not np.array_equal(np.asarray(fresh.carries[0]), np.asarray(first.carries[0]))
+    autobatch.run_autobatched(rng, keyed(0.01, ("toy", 2)), 12, num_lanes=4)
+    assert traces[0] > after_first + 1
+
+
 def test_autobatched_equals_lockstep_and_ignores_lanes_and_batch_size():
     machine = toy_machine()
     key = jax.random.key(0)

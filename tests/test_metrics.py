@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
@@ -166,6 +167,55 @@ def test_mode_weight_error_on_subspace_mixture():
     assert err < 4.5 * 0.5 * sum(math.sqrt(w * (1 - w) / 5000) for w in (0.1, 0.2, 0.3, 0.4))
 
 
+def _placed(mix, counts, scale, shift, seed=0):
+    """Points per component whose mean is mu_k + L_k shift and covariance scale^2 C_k exactly."""
+    rng = np.random.default_rng(seed)
+    basis = None if mix.basis is None else np.asarray(mix.basis)
+    out = []
+    for c, n in enumerate(counts):
+        u = rng.standard_normal((n, mix.latent_dim))
+        u -= u.mean(axis=0)
+        u = u @ np.linalg.inv(np.linalg.cholesky(np.cov(u, rowvar=False))).T  # cov exactly I
+        chol = np.linalg.cholesky(np.asarray(mix.covs_latent[c]))
+        z = np.asarray(mix.means_latent[c]) + (scale * u + shift) @ chol.T
+        out.append(z if basis is None else z @ basis.T)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("scale,shift", [(1.0, 0.0), (1.3, 0.0), (0.8, 0.5)])
+def test_component_kl_exact(scale, shift):
+    # Per component KL = 0.5 k (s^2 - 1 - ln s^2) + 0.5 |shift|^2 k (shift in whitened coordinates,
+    # the same in each of the k directions); weighted by the mixture weights, which sum to 1.
+    mix = targets.aniso_subspace_mixture(dim=8, latent_dim=4)
+    counts = [40 + 5 * c for c in range(8)]
+    pts = _placed(mix, counts, scale, shift)
+    labels = np.asarray(mix.assign(jnp.asarray(pts)))
+    assert np.array_equal(labels, np.repeat(np.arange(8), counts))  # the assignment is the placement
+    k = 4
+    expected = 0.5 * k * (scale**2 - 1 - math.log(scale**2)) + 0.5 * k * shift**2
+    assert metrics.component_kl(pts, mix) == pytest.approx(expected, abs=1e-10)
+
+
+def test_component_kl_floor_and_negative_control():
+    # Exact draws sit near the finite-sample floor sum_k w_k k (k + 3) / (4 n_k); draws blurred by
+    # 10% in the latent space (what a sampler leaving too much noise does) are far above it.
+    mix = targets.aniso_subspace_mixture(dim=16, latent_dim=4)
+    n = 8000
+    xs = np.asarray(mix.sample(jax.random.key(3), n))
+    w = np.asarray(mix.weights)
+    floor = float(np.sum(w * 4 * 7 / (4 * n * w)))
+    exact = metrics.component_kl(xs, mix)
+    assert 0.3 * floor < exact < 2.5 * floor
+    basis = np.asarray(mix.basis)
+    labels = np.asarray(mix.assign(jnp.asarray(xs)))
+    z = xs @ basis
+    centre = np.asarray(mix.means_latent)[labels]
+    blurred = (centre + 1.1 * (z - centre)) @ basis.T
+    assert metrics.component_kl(blurred, mix) > 0.5 * 4 * (1.21 - 1 - math.log(1.21)) > 5 * floor
+    one_lost = xs[labels != 0]
+    assert metrics.component_kl(one_lost, mix) == math.inf
+
+
 def test_bad_inputs_raise():
     x = np.zeros((3, 2))
     with pytest.raises(ValueError, match="dimension"):
@@ -178,3 +228,5 @@ def test_bad_inputs_raise():
         metrics.sliced_wasserstein(0, x, x)
     with pytest.raises(ValueError, match="samples"):
         metrics.mode_weight_error(np.zeros((3, 3)), targets.four_modes_2d())
+    with pytest.raises(TypeError, match="mixture"):
+        metrics.component_kl(np.zeros((3, 2)), "mix")

@@ -387,6 +387,24 @@ def _run_chains(algo, starts, num_steps, seed):
     return jax.jit(jax.vmap(one))(keys, starts)
 
 
+def test_auto_start_keeps_short_segments_and_bounds_long_ones():
+    # At nfe = 100 every segment is short (eta <= 0.5): "auto" is the EI start, draw for draw.
+    # At nfe = 10 (segments up to eta = 3) the EI start's 2 (e^eta - 1) score coefficient throws the
+    # chains far out (the negative control, energy distance 2.7 with this seed), and "auto"'s
+    # posterior start keeps them near the target (0.12; exact draws: 0.0008).
+    mix = targets.four_modes_2d()
+    key = jax.random.key(3)
+
+    def run(nfe, start, n):
+        return diffusion.sample(key, "rtk-mala", mix.score, dim=2, num_samples=n,
+                                energy_fn=mix.energy, nfe=nfe, start=start).samples
+
+    np.testing.assert_array_equal(run(100, "auto", 64), run(100, "ei", 64))
+    ref = mix.sample(jax.random.key(9), 4000)
+    assert metrics.energy_distance(run(10, "auto", 4000), ref) < 0.3
+    assert metrics.energy_distance(run(10, "ei", 4000), ref) > 1.0
+
+
 @pytest.mark.parametrize("dim,num_steps", [(2, 100), pytest.param(50, 200, marks=pytest.mark.slow)])
 def test_rtk_mala_matches_correlated_gaussian(dim, num_steps):
     mean, cov = _correlated_gaussian(dim, dim)

@@ -238,6 +238,12 @@ def run_plan(rng_key, plan: DiffusionPlan, num_samples: int, *, progress_bar: bo
 PILOT_FOLD = 0xFFFFFFFF  # the pilot's key is fold_in(rng_key, PILOT_FOLD): no particle's index
 
 
+def _step_info(carry, info):
+    """Keep each step's info (one module-level function: the driver reuses its program)."""
+    del carry
+    return info
+
+
 def run_machine_plan(rng_key, plan: MachinePlan, num_samples: int, *,
                      per_particle_info: bool = False) -> DiffusionResult:
     """Run a :class:`~scoresample.autobatch.MachinePlan`: its pilot (if any), then its machine on
@@ -249,7 +255,7 @@ def run_machine_plan(rng_key, plan: MachinePlan, num_samples: int, *,
         pilot = run_autobatched(jax.random.fold_in(rng_key, PILOT_FOLD), plan.pilot,
                                 plan.pilot_size, num_lanes=plan.num_lanes)
     machine, decided = plan.build(pilot)
-    record = (lambda carry, info: info) if per_particle_info else None
+    record = _step_info if per_particle_info else None
     if plan.driver == "lockstep":
         out = run_lockstep(rng_key, machine, num_samples, record_fn=record)
     else:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.autobatch import INIT_FOLD, Machine, MachinePlan, step_bucket
+from scoresample.autobatch import INIT_FOLD, Machine, MachinePlan, step_bucket, uniform
 from scoresample.base import (
     DiffusionState,
     SamplingAlgorithm,
@@ -62,7 +62,6 @@ from scoresample.kernels.fors.rejection import (
     safe_rate,
     start_proposal,
     take_coin,
-    unit_draws,
 )
 
 __all__ = [
@@ -116,15 +115,39 @@ class FORSDiffusionInfo(NamedTuple):
 class DiffusionWork(NamedTuple):
     """A particle's place inside one FORS-diffusion step (between two score evaluations)."""
 
-    step_key: Array  # the step's key; proposal p uses fold_in(step_key, 2p), its coins 2p + 1
+    step_key: Array  # the step's key: every draw of the step is a stream of it (see _streams)
     is_start: Array  # bool: the next evaluation is the score at x_{k+1}
     x_bar: Array  # shape=(d,): the proposal's mean
     shift: Array  # shape=(d,): alpha * score(x_{k+1}, t_{k+1})
     rejection: RejectionState  # candidate: the proposal's offset u from x_bar, shape=(d,)
-    coin_key: Array  # fold_in(step_key, 2p + 1) of the current proposal p
     is_ok: Array  # bool: the score at x_{k+1} was finite
     num_evals: Array  # int32: evaluations so far in this step
     w_tail: Array  # int32 (len(levels),)
+
+
+def box_muller(v):
+    """Standard normals from an even number of uniforms on (-1, 1): the first half gives the
+    radii, the second the angles (Box and Muller, 1958). An order of magnitude cheaper than
+    ``sqrt(2) erfinv(v)`` in float64 on CPU (measured), the largest cost of a unit's draws."""
+    n = v.shape[0] // 2
+    radius = jnp.sqrt(-2.0 * jnp.log(0.5 * (1.0 - v[:n])))  # 1 - v in (0, 2): log finite
+    angle = math.pi * (v[n:] + 1.0)
+    # a barrier: fused into the concatenation, each radius would be computed twice
+    radius, angle = jax.lax.optimization_barrier((radius, angle))
+    return jnp.concatenate([radius * jnp.cos(angle), radius * jnp.sin(angle)])
+
+
+COIN_BITS = 12  # coin c of proposal p is stream 1 + p 2^COIN_BITS + c of the step's key
+PROPOSAL_STREAM = 2**31  # proposal p (its offset u and its J) is stream PROPOSAL_STREAM + p
+
+
+def _streams(proposal, coin, next_proposal):
+    """The streams of the step's key (:func:`scoresample.autobatch.uniform`) that a unit draws
+    from: coin ``coin`` of proposal ``proposal``, and proposal ``next_proposal``. Streams, not
+    ``fold_in`` keys: a unit's draws are then hashed straight from the step's key."""
+    coin_stream = (np.uint32(1) + (proposal.astype(jnp.uint32) << COIN_BITS)
+                   + coin.astype(jnp.uint32))
+    return coin_stream, np.uint32(PROPOSAL_STREAM) + next_proposal.astype(jnp.uint32)
 
 
 def _coefficients(coeffs: StepCoefficients, dtype):
@@ -135,13 +158,18 @@ def _step_functions(score_fn, clip, max_proposals: int, max_poisson: int, levels
     """``(begin, query, advance)`` of one step with coefficients given per call (see
     :func:`diffusion_machine`); ``score_fn`` is called by the caller on ``query``'s output."""
     levels = np.asarray(levels, dtype=np.float64)
+    half = (dim + 1) // 2  # normal pairs of a proposal
+    if max_poisson >= 2**COIN_BITS or max_proposals >= 2**(31 - COIN_BITS):
+        raise ValueError(f"max_poisson must be < {2**COIN_BITS} and max_proposals < "
+                         f"{2**(31 - COIN_BITS)} (the streams of a step's key), got "
+                         f"{max_poisson} and {max_proposals}")
 
     def begin(step_key, x):
         dtype = x.dtype
         zero = jnp.zeros((dim,), dtype)
         rejection = start_proposal(None, zero, jnp.zeros((), dtype),
                                    jnp.ones((max_poisson + 1,), dtype))
-        return DiffusionWork(step_key, jnp.ones((), bool), zero, zero, rejection, step_key,
+        return DiffusionWork(step_key, jnp.ones((), bool), zero, zero, rejection,
                              jnp.ones((), bool), jnp.zeros((), jnp.int32),
                              jnp.zeros(levels.shape, jnp.int32))
 
@@ -150,31 +178,33 @@ def _step_functions(score_fn, clip, max_proposals: int, max_poisson: int, levels
         co = _coefficients(coeffs, dtype)
         # this unit's coin, and the proposal a rejection (or the start) would draw next
         index = jnp.where(work.is_start, 0, work.rejection.num_proposals)
-        keys, v = unit_draws(jnp.stack([work.coin_key, work.step_key, work.step_key]),
-                             jnp.stack([work.rejection.coin, 2 * index, 2 * index + 1]),
-                             2 * dim + 2, dtype, num_drawn=2)
+        coin_stream, prop_stream = _streams(jnp.maximum(work.rejection.num_proposals - 1, 0),
+                                            work.rejection.coin, index)
+        low = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
+        coin, prop = jax.lax.optimization_barrier((
+            uniform(work.step_key, 2 * dim + 2, dtype, low, 1.0, stream=coin_stream),
+            uniform(work.step_key, 2 * half + 1, dtype, low, 1.0, stream=prop_stream)))
         # normals: the coin's w and z, then the proposal's u; uniforms: r, the coin, J
-        normals = math.sqrt(2.0) * jax.scipy.special.erfinv(
-            jnp.concatenate([v[0, :2 * dim], v[1, :dim]]))
-        uniforms = 0.5 * (jnp.stack([v[0, 2 * dim], v[0, 2 * dim + 1], v[1, dim]]) + 1.0)
-        coin_key = keys[2]
+        normals = jnp.concatenate([box_muller(coin[:2 * dim]), box_muller(prop[:2 * half])[:dim]])
+        uniforms = 0.5 * (jnp.stack([coin[2 * dim], coin[2 * dim + 1], prop[2 * half]]) + 1.0)
         # barriers keep XLA from recomputing the draws in each of their consumers
         normals, uniforms = jax.lax.optimization_barrier((normals, uniforms))
         root_half = jnp.sqrt(0.5 * co.eta_bar)
-        a, b, a_dot, b_dot = three_point_path(uniforms[0])
+        # a barrier: fused into each of e and e_dot, the trigonometry would run once per entry
+        a, b, a_dot, b_dot = jax.lax.optimization_barrier(three_point_path(uniforms[0]))
         u = work.rejection.candidate
         w, z = root_half * normals[:dim], root_half * normals[dim:2 * dim]
         e = a * u + (1.0 - a) * w + b * z
         e_dot = a_dot * (u - w) + b_dot * z
         point = jnp.where(work.is_start, x, work.x_bar + e)
         t = jnp.where(work.is_start, co.t_from, co.t_to)
-        proposal = (jnp.sqrt(co.eta_bar) * normals[2 * dim:], uniforms[2], coin_key)
+        proposal = (jnp.sqrt(co.eta_bar) * normals[2 * dim:], uniforms[2])
         return (point, t), (e, e_dot, uniforms[1], proposal)
 
     def advance(work: DiffusionWork, x, coeffs: StepCoefficients, aux, score):
         dtype = x.dtype
         co = _coefficients(coeffs, dtype)
-        e, e_dot, uniform, (candidate, uniform_j, next_coin_key) = aux
+        e, e_dot, uniform_c, (candidate, uniform_j) = aux
         clip_ = jnp.asarray(clip, dtype)
         cdf = poisson_table(clip, max_poisson, dtype)
         start = work.is_start
@@ -185,7 +215,7 @@ def _step_functions(score_fn, clip, max_proposals: int, max_poisson: int, levels
         # a coin: W = <e_dot, grad of the log-ratio at x_bar + e>, in offset coordinates
         w_raw = jnp.sum(e_dot * (score + e / co.s2 - work.shift))  # no batched dot: slow
         x_bar, shift, is_ok, w_raw = jax.lax.optimization_barrier((x_bar, shift, is_ok, w_raw))
-        coined, needs = take_coin(work.rejection, w_raw, uniform, clip_, max_poisson=max_poisson,
+        coined, needs = take_coin(work.rejection, w_raw, uniform_c, clip_, max_poisson=max_poisson,
                                   max_proposals=max_proposals, where=~start)
         live = ~start & ~work.rejection.is_done
         w_tail = work.w_tail + (live & jnp.isfinite(w_raw)
@@ -197,9 +227,8 @@ def _step_functions(score_fn, clip, max_proposals: int, max_poisson: int, levels
         later = start_proposal(coined, candidate, uniform_j, cdf, where=needs)
         pick = lambda a, b: jnp.where(start, a, b)
         rejection = jax.tree_util.tree_map(pick, first, later)
-        coin_key = jnp.where(start | needs, next_coin_key, work.coin_key)
         num_evals = work.num_evals + 1
-        new = DiffusionWork(work.step_key, jnp.zeros((), bool), x_bar, shift, rejection, coin_key,
+        new = DiffusionWork(work.step_key, jnp.zeros((), bool), x_bar, shift, rejection,
                             is_ok, num_evals, w_tail)
         done = rejection.is_done
         # accepted: x_bar + u; a budget ran out: the last proposal (a Gaussian step, flagged)
@@ -302,7 +331,10 @@ def diffusion_machine(score_fn, schedule: FORSSchedule, *, dim: int, clip=1.0,
         evaluate=lambda table, args: score_fn(*args),
         advance=lambda table, work, x, step, aux, value: advance(
             work, x, coefficients(table, step), aux, value),
-        params=table, num_steps=schedule.num_steps, max_steps=max_steps)
+        params=table, num_steps=schedule.num_steps, max_steps=max_steps,
+        program_key=("fors-diffusion", score_fn, float(clip), m_prop, m_pois,
+                     tuple(float(v) for v in np.ravel(levels)), dim,
+                     str(dtype)))
 
 
 def _pilot_moment(positions, dim: int, t_min: float) -> float:

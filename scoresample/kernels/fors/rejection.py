@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresample.autobatch import fold_in, uniform
 from scoresample.base import check_int, check_positive
 
 __all__ = [
@@ -135,20 +136,21 @@ def poisson_table(clip, max_poisson: int, dtype):
     return jnp.cumsum(jnp.exp(ks * jnp.log(two_b) - two_b - jax.lax.lgamma(ks + 1.0)))
 
 
-def unit_draws(parents, indices, num: int, dtype, num_drawn: int | None = None):
-    """The keys ``fold_in(parents[i], indices[i])`` and ``num`` draws from each of the first
-    ``num_drawn`` of them (default all): ``(keys, v)`` with v of shape (num_drawn, num), uniform
-    on (-1, 1). ``sqrt(2) erfinv(v)`` are standard normals (``jax.random.normal``'s own
-    construction) and ``(v + 1) / 2`` uniforms on (0, 1).
+def unit_draws(parents, indices, nums, dtype):
+    """The keys ``fold_in(parents[i], indices[i])`` and ``nums[i]`` draws from key i (none when
+    0): ``(keys, rows)``, rows a tuple of arrays of shape (nums[i],) for the nonzero nums, uniform
+    on (-1, 1) (``jax.random.uniform``'s draws). ``sqrt(2) erfinv(v)`` are standard normals
+    (``jax.random.normal``'s own construction) and ``(v + 1) / 2`` uniforms on (0, 1).
 
-    All of a unit's keys go through one ``fold_in`` and one ``uniform``: each threefry call site
-    costs about a second of compilation on CPU, and a unit needs several keys.
+    All of a unit's keys go through one ``fold_in``: each PRNG call site costs compilation and, in
+    the autobatched loop, a kernel launch per iteration; the hashes are
+    :func:`scoresample.autobatch.threefry2x32` written out for threefry keys (the same bits).
     """
-    keys = jax.vmap(jax.random.fold_in)(parents, indices)
-    num_drawn = keys.shape[0] if num_drawn is None else num_drawn
+    keys = jax.vmap(fold_in)(parents, indices)
     low = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
-    return keys, jax.vmap(lambda k: jax.random.uniform(k, (num,), dtype, low, 1.0))(
-        keys[:num_drawn])
+    rows = tuple(uniform(keys[i], num, dtype, low, 1.0) for i, num in enumerate(nums) if num)
+    # a barrier keeps XLA from fusing the hashes into each consumer of a draw (recomputing them)
+    return jax.lax.optimization_barrier((keys, rows))
 
 
 def start_proposal(state: RejectionState | None, candidate, uniform_j, cdf,
@@ -156,7 +158,8 @@ def start_proposal(state: RejectionState | None, candidate, uniform_j, cdf,
     """Take ``candidate`` as the next proposal (the first when ``state`` is None), with J drawn by
     inverting ``cdf`` at ``uniform_j``; a proposal with J = 0 is accepted at once. Only lanes with
     ``where`` change (a traced bool)."""
-    num_poisson = jnp.sum(uniform_j > cdf, dtype=jnp.int32)
+    # written out over the table's entries: an elementwise sum, cheaper than a batched reduction
+    num_poisson = sum((uniform_j > cdf[k]).astype(jnp.int32) for k in range(cdf.shape[0]))
     if state is None:
         zero = jnp.zeros((), jnp.int32)
         no = jnp.zeros((), bool)

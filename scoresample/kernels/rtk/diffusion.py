@@ -83,7 +83,15 @@ RTK_ULD_COV_BIAS = 0.15
 # The Metropolis tests of RTK-MALA (see rtk_mala_plan)
 ACCEPTANCES = ("energy", "factory", "quadrature")
 # Where each segment's inner chain starts (see rtk_mala_plan)
-STARTS = ("ei", "posterior")
+STARTS = ("auto", "ei", "posterior")
+# start="auto": the posterior start on segments longer than this (in t), the EI start on the
+# others. The EI start's coefficient 2 (e^eta - 1) on the score throws a long segment's chain far
+# from its target (measured on targets.aniso_subspace_mixture() at t_min = 1e-5, 5000 samples:
+# RTK-MALA with the exact energy at nfe = 10 (longest eta 3.0) has a within-component KL of 1.5e5
+# with EI starts and 10 with posterior starts, at nfe = 20 (eta 1.35) 1.85 and 0.60; at nfe = 50
+# and 100 (eta <= 0.5) the EI start is better: mode-weight error 0.045 against 0.051 and 0.019
+# against 0.044).
+LONG_SEGMENT = 1.0
 
 
 class RTKDiffusionInfo(NamedTuple):
@@ -217,7 +225,8 @@ def _common_plan(method, score_fn, dim, nfe, num_segments, num_inner_steps, t_mi
     lipschitz = 1.0 / processes.sigma2(t_next) + 1.0 / rho
     # the inner chain's start from score(x, t): the DDPM posterior step, or the
     # exponential-integrator step (one formula, baselines.ei_table)
-    table = posterior_table(ts) if start == "posterior" else ei_table(ts).weights[:, 0, :3]
+    long = eta > LONG_SEGMENT if start == "auto" else np.full(eta.shape, start == "posterior")
+    table = np.where(long[:, None], posterior_table(ts), ei_table(ts).weights[:, 0, :3])
     settings = dict(method=method, num_segments=len(eta), num_inner_steps=num_inner_steps,
                     denoise=denoise, start=start,
                     t_min=t_min, t_max=t_max, grid=grid, times=ts.tolist(),
@@ -265,7 +274,7 @@ def rtk_mala_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
                   t_min: float = 1e-3, t_max: float | None = None, grid: str | None = None,
                   inner_step_scale: float = 0.5, acceptance: str | None = None,
                   clip: float = 0.5, quadrature: str = "gauss-legendre", num_nodes: int = 1,
-                  start: str = "ei", denoise: bool = True) -> DiffusionPlan:
+                  start: str = "auto", denoise: bool = True) -> DiffusionPlan:
     """RTK-MALA on a score: K segments, each S MALA steps on the exact reverse-kernel target.
 
     Per segment from t to t' = t - eta (rho = e^{2 eta} - 1, c = e^eta x):
@@ -304,9 +313,11 @@ def rtk_mala_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
         clip: B of the factory coin ("factory" only).
         quadrature, num_nodes: the line-integral rule ("quadrature" only,
             :func:`scoresample.kernels.inner.quadrature_rule`).
-        start: the inner chain's start z_0: "ei" (the exponential-integrator step above) or
+        start: the inner chain's start z_0: "ei" (the exponential-integrator step above),
             "posterior" (:func:`posterior_table`: the DDPM posterior step given Tweedie's
-            denoiser, bounded for long segments but narrower; measured worse at nfe >= 50).
+            denoiser, bounded for long segments but narrower; measured worse at nfe >= 50) or
+            "auto" (default): "posterior" on segments longer than :data:`LONG_SEGMENT` in t
+            (small budgets), "ei" on the others.
         denoise: return Tweedie's x0_hat = (x + s_{t_min}^2 score(x, t_min)) / a_{t_min} instead of
             x ~ p_{t_min}; free, since the last segment already evaluated that score.
 
@@ -382,7 +393,7 @@ def rtk_uld_plan(score_fn, *, dim: int, energy_fn=None, nfe: int | None = None,
                  num_segments: int | None = None, num_inner_steps: int | None = None,
                  t_min: float = 1e-3, t_max: float | None = None, grid: str | None = None,
                  inner_step_scale: float = 1.0, friction: float = 4.0,
-                 start: str = "ei", denoise: bool = True) -> DiffusionPlan:
+                 start: str = "auto", denoise: bool = True) -> DiffusionPlan:
     """RTK-ULD on a score: K segments, each S exact frozen-gradient ULD steps on the RTK target.
 
     Per segment: z_0 the DDPM one-step proposal (as in :func:`rtk_mala_plan`), v_0 ~ N(0, I), then S
