@@ -67,11 +67,15 @@ def run_one(post, method: str, preconditioner: str, args, thin="auto") -> dict:
     from scoresample.bayes import sample
 
     key = jax.random.fold_in(jax.random.key(args.seed), zlib.crc32(post.name.encode()) % (2**31))
+    # a scout given on the command line, for every method but NUTS (else sample's default)
+    given = getattr(args, "warmup_scout", None)
+    scout = {"warmup_scout": given} if given is not None and method != "nuts" else {}
     t0 = time.perf_counter()
     try:
         dt = sample(key, post, method=method, num_chains=args.num_chains,
                     num_warmup=args.num_warmup, num_draws=args.num_draws,
-                    preconditioner=preconditioner, thin=thin, progress_bar=False)
+                    preconditioner=preconditioner, thin=thin, progress_bar=False,
+                    **scout)
     except Exception as err:  # a crash is a result too
         return {"error": f"{type(err).__name__}: {err}", "wall": time.perf_counter() - t0}
     z = jnp.asarray(dt["unconstrained_posterior"]["z"].values)
@@ -104,6 +108,7 @@ def run_one(post, method: str, preconditioner: str, args, thin="auto") -> dict:
         "grads_per_draw": grads / (args.num_chains * args.num_draws),
         "thin": int(dt.attrs.get("thin", 1)),
         "preconditioner_used": json.loads(dt.attrs["settings"])["preconditioner"],
+        "warmup_scout": json.loads(dt.attrs["settings"]).get("warmup_scout"),
         "ess_per_1000_grad": min_ess / (grads / 1000.0),
         "ess_per_s": min_ess / seconds if seconds > 0 else float("nan"),
         "wall_sampling": seconds,
@@ -350,6 +355,9 @@ def main(argv=None):
                              "'auto'); nuts: thin every other method so that a kept draw costs "
                              "about the gradient evaluations of a NUTS draw on that posterior (NUTS "
                              "runs first); draws: every method keeps num_draws consecutive steps")
+    parser.add_argument("--warmup-scout", default=None, choices=["nuts"],
+                        help="scoresample.sample's warmup_scout for every method but NUTS "
+                             "(default: sample's own default, 'auto')")
     parser.add_argument("--results", default=str(DEFAULT_RESULTS))
     parser.add_argument("--out", default=str(DOCS / "posteriordb_methods.md"))
     parser.add_argument("--ess-out", default=str(DOCS / "ess.md"))

@@ -87,6 +87,65 @@ def test_laplace_start_is_exact_on_a_gaussian():
     assert dt.attrs["num_grad_evals_warmup"] == (details["preopt_grad_evals"] + 2 * 2 * 3 + 2 + 2 + 2)
 
 
+def test_nuts_scout_sets_the_preconditioner_and_counts_its_gradients():
+    # no Laplace start: the preconditioner can only come from the scout, NUTS's window adaptation,
+    # whose covariance the windows then keep (sds 0.2 to 3, learned from 4 x 300 steps); every
+    # leapfrog gradient of the scout counts in the warmup, on top of the windows' own (MALA: one
+    # per step, whatever the start)
+    kwargs = dict(init=jnp.zeros(3), method="mala", num_warmup=300, num_draws=5, num_chains=4,
+                  preoptimize=False, progress_bar=False)
+    dt = sample(jax.random.key(4), gauss_logdensity, warmup_scout="nuts", **kwargs)
+    details = json.loads(dt.attrs["warmup_details"])
+    assert details["scout"] == "nuts"
+    assert json.loads(dt.attrs["settings"])["warmup_scout"] == "nuts"
+    np.testing.assert_allclose(details["preconditioner_sd_range"], [0.2, 3.0], rtol=0.15)
+    plain = sample(jax.random.key(4), gauss_logdensity, **kwargs)
+    assert details["scout_grad_evals"] >= 4 * 300
+    assert dt.attrs["num_grad_evals_warmup"] == (plain.attrs["num_grad_evals_warmup"]
+                                                 + details["scout_grad_evals"])
+    # without the scout and the Laplace start the first preconditioner is the identity, and the
+    # windows' estimate from MALA's own 300 steps is further off than the scout's
+    sd_plain = json.loads(plain.attrs["warmup_details"])["preconditioner_sd_range"]
+    assert (abs(np.log(np.asarray(sd_plain) / [0.2, 3.0])).max()
+            > abs(np.log(np.asarray(details["preconditioner_sd_range"]) / [0.2, 3.0])).max())
+
+
+def _funnel(z):
+    """Neal's funnel, v ~ N(0, 3^2) and x_i | v ~ N(0, e^v): no step fits its neck and its mouth."""
+    v, x = z[0], z[1:]
+    return -v**2 / 18 - 0.5 * jnp.sum(x**2) * jnp.exp(-v) - 0.5 * x.size * v
+
+
+@pytest.mark.slow
+def test_auto_scout_runs_when_the_windows_moved_too_little_and_only_then():
+    from scoresample.bayes.runners import SCOUT_MIN_DRAW_TIMES
+
+    kwargs = dict(init=jnp.zeros(3), method="fors", num_warmup=100, num_draws=5, num_chains=2,
+                  progress_bar=False)
+    # FORS's windows on the funnel cover about one draw time: the scout runs, and the windows run
+    # again (both passes and the scout counted: at least one gradient per step of each)
+    dt = sample(jax.random.key(0), _funnel, **kwargs)
+    details = json.loads(dt.attrs["warmup_details"])
+    assert details["warmup_draw_times"] < SCOUT_MIN_DRAW_TIMES
+    assert details["scout"] == "nuts (auto)"
+    assert details["step_size"] != details["first_step_size"]
+    assert dt.attrs["num_grad_evals_warmup"] >= details["scout_grad_evals"] + 2 * 2 * 100
+    # on a standard Gaussian they cover hundreds: no scout, and the very draws of a run without it
+    auto = sample(jax.random.key(0), gauss_logdensity, **kwargs)
+    never = sample(jax.random.key(0), gauss_logdensity, warmup_scout=None, **kwargs)
+    details = json.loads(auto.attrs["warmup_details"])
+    assert details["warmup_draw_times"] > SCOUT_MIN_DRAW_TIMES and "scout" not in details
+    np.testing.assert_array_equal(auto.posterior["x"].values, never.posterior["x"].values)
+
+
+def test_bad_warmup_scout_is_named():
+    with pytest.raises(ValueError, match="warmup_scout"):
+        sample(jax.random.key(0), gauss_logdensity, init=jnp.zeros(3), warmup_scout="laplace")
+    with pytest.raises(ValueError, match="warmup_scout"):
+        sample(jax.random.key(0), gauss_logdensity, init=jnp.zeros(3), method="nuts",
+               warmup_scout="nuts")
+
+
 def test_mala_counts_exactly_one_gradient_per_step_and_thin_multiplies_it():
     dt = sample(jax.random.key(1), gauss_logdensity, init=jnp.zeros(3), method="mala",
                 num_warmup=30, num_draws=20, num_chains=2, thin=3, progress_bar=False)

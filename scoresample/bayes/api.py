@@ -45,6 +45,11 @@ method's tuning spec (:data:`METHODS`):
    recalibrates its estimate scale at every window end so that its clip rate stays below
    ``clip_tolerance`` (1e-3 by default; measured and reported in ``warmup_details``, and per
    draw in ``sample_stats``).
+4. *Scout* (``warmup_scout="auto"``, the default): when the windows of a proximal sampler (FORS,
+   RTK) covered fewer than ten of its draw times, its chains moved too little to estimate a
+   covariance (FORS on a funnel); NUTS's window adaptation (BlackJAX) then learns it from the same
+   start, and the windows run again on that preconditioner, tuning only the step. Every gradient
+   of both passes and of the scout is counted.
 
 After sampling, :func:`scoresample.diagnostics.convergence.warn_if_not_converged` issues a
 :class:`scoresample.diagnostics.ConvergenceWarning` when R-hat exceeds 1.01, a bulk or tail ESS is
@@ -80,7 +85,7 @@ import numpy as np
 from scoresample.base import check_in, check_int, check_key, jsonable, key_bits
 from scoresample.bayes.methods import METHODS
 from scoresample.bayes.model import check_model_inputs, prepare_model
-from scoresample.bayes.runners import Runner, nuts_runner, staged_runner
+from scoresample.bayes.runners import SCOUTS, Runner, nuts_runner, staged_runner
 from scoresample.bayes.store import RunStore, restore_tuned
 from scoresample.diagnostics.convergence import warn_if_not_converged
 from scoresample.diagnostics.datatree import to_datatree
@@ -256,7 +261,7 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
            progress_bar: bool = True, output=None, resume: bool = False,
            method_options: dict | None = None, preconditioner: str = "auto",
            preoptimize: bool = True, max_preopt_iterations: int = 500, thin="auto",
-           chunk_size: int | None = None):
+           chunk_size: int | None = None, warmup_scout: str | None = "auto"):
     """Sample a Bayesian model with one of the package's samplers; return an ArviZ DataTree.
 
     The warmup (for every method but ``"nuts"``) is: gradient-only L-BFGS to the mode region,
@@ -299,6 +304,16 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
             ``ceil(draw_time / step_size)`` steps of the tuned step (at most 1000), so that its
             draws are about as informative as a NUTS draw; the value used is ``attrs["thin"]``.
         chunk_size: draws per compiled chunk (and per file with ``output``); fixed by the run.
+        warmup_scout: ``"nuts"``: before the windows, ``num_warmup`` steps of NUTS's window
+            adaptation learn the covariance, which becomes the preconditioner; the windows then
+            tune only the method's step on it (not for ``method="nuts"``). For a posterior where
+            the method's own warmup cannot learn the covariance because its chains barely move
+            (FORS on a funnel such as posteriordb's gp_pois_regr, where it turns a failing run
+            into a passing one; see the posteriordb benchmark page). ``"auto"`` (default): the
+            same, but only when the windows of a proximal sampler (FORS, RTK) covered fewer than
+            :data:`scoresample.bayes.runners.SCOUT_MIN_DRAW_TIMES` draw times (then they run
+            again on the scout's preconditioner); None: never. The scout's gradients count in
+            ``num_grad_evals_warmup``; ``attrs["warmup_details"]`` says whether it ran.
 
     Returns:
         ``xarray.DataTree`` with groups ``posterior`` (dims chain, draw, ...; constrained sites by
@@ -350,6 +365,13 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
     check_in("preconditioner", preconditioner, ("auto", "diagonal", "dense"))
+    if warmup_scout is not None:
+        check_in("warmup_scout", warmup_scout, SCOUTS[1:])
+    if method == "nuts" and warmup_scout == "auto":
+        warmup_scout = None
+    if warmup_scout is not None and method == "nuts":
+        raise ValueError(f"warmup_scout={warmup_scout!r}: method='nuts' learns its own mass "
+                         "matrix; a scout is for the staged warmup of the other methods")
     spec = METHODS[method]
     if spec.build is None and method != "nuts":  # pragma: no cover - table invariant
         raise ValueError(f"method {method!r} has no builder")
@@ -376,15 +398,18 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
     # stays on one device, so that its reductions over chains keep their order)
     chain_sharding = _chain_sharding(num_chains)
     warm_sharding = chain_sharding if _across_processes(chain_sharding) else None
-    make = nuts_runner if method == "nuts" else staged_runner
-    runner = make(spec, options, prepared.logdensity_fn, num_chains, num_warmup, **common,
-                  sharding=warm_sharding)
+    if method == "nuts":
+        runner = nuts_runner(spec, options, prepared.logdensity_fn, num_chains, num_warmup,
+                             **common, sharding=warm_sharding)
+    else:
+        runner = staged_runner(spec, options, prepared.logdensity_fn, num_chains, num_warmup,
+                               **common, sharding=warm_sharding, scout=warmup_scout)
 
     settings = {"method": method, "num_chains": num_chains, "num_warmup": num_warmup,
                 "num_draws": num_draws, "method_options": jsonable(options),
                 "preoptimize": bool(preoptimize) and method != "nuts",
                 "max_preopt_iterations": max_preopt_iterations, "chunk_size": chunk,
-                "preconditioner": preconditioner, "thin": thin,
+                "preconditioner": preconditioner, "thin": thin, "warmup_scout": warmup_scout,
                 "model": prepared.description, "model_kind": prepared.kind, "dim": prepared.dim,
                 "warmup_statistic_target": spec.target,
                 "key": key_bits(rng_key).tolist()}

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.autobatch import INIT_FOLD, Machine, MachinePlan, step_bucket, uniform
+from scoresample.autobatch import INIT_FOLD, Machine, MachinePlan, step_bucket
 from scoresample.base import (
     DiffusionState,
     SamplingAlgorithm,
@@ -63,6 +63,7 @@ from scoresample.kernels.fors.rejection import (
     start_proposal,
     take_coin,
 )
+from scoresample.prng import box_muller, open_uniform
 
 __all__ = [
     "three_point_path",
@@ -125,24 +126,12 @@ class DiffusionWork(NamedTuple):
     w_tail: Array  # int32 (len(levels),)
 
 
-def box_muller(v):
-    """Standard normals from an even number of uniforms on (-1, 1): the first half gives the
-    radii, the second the angles (Box and Muller, 1958). An order of magnitude cheaper than
-    ``sqrt(2) erfinv(v)`` in float64 on CPU (measured), the largest cost of a unit's draws."""
-    n = v.shape[0] // 2
-    radius = jnp.sqrt(-2.0 * jnp.log(0.5 * (1.0 - v[:n])))  # 1 - v in (0, 2): log finite
-    angle = math.pi * (v[n:] + 1.0)
-    # a barrier: fused into the concatenation, each radius would be computed twice
-    radius, angle = jax.lax.optimization_barrier((radius, angle))
-    return jnp.concatenate([radius * jnp.cos(angle), radius * jnp.sin(angle)])
-
-
 COIN_BITS = 12  # coin c of proposal p is stream 1 + p 2^COIN_BITS + c of the step's key
 PROPOSAL_STREAM = 2**31  # proposal p (its offset u and its J) is stream PROPOSAL_STREAM + p
 
 
 def _streams(proposal, coin, next_proposal):
-    """The streams of the step's key (:func:`scoresample.autobatch.uniform`) that a unit draws
+    """The streams of the step's key (:func:`scoresample.prng.uniform`) that a unit draws
     from: coin ``coin`` of proposal ``proposal``, and proposal ``next_proposal``. Streams, not
     ``fold_in`` keys: a unit's draws are then hashed straight from the step's key."""
     coin_stream = (np.uint32(1) + (proposal.astype(jnp.uint32) << COIN_BITS)
@@ -180,10 +169,9 @@ def _step_functions(score_fn, clip, max_proposals: int, max_poisson: int, levels
         index = jnp.where(work.is_start, 0, work.rejection.num_proposals)
         coin_stream, prop_stream = _streams(jnp.maximum(work.rejection.num_proposals - 1, 0),
                                             work.rejection.coin, index)
-        low = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
         coin, prop = jax.lax.optimization_barrier((
-            uniform(work.step_key, 2 * dim + 2, dtype, low, 1.0, stream=coin_stream),
-            uniform(work.step_key, 2 * half + 1, dtype, low, 1.0, stream=prop_stream)))
+            open_uniform(work.step_key, 2 * dim + 2, dtype, stream=coin_stream),
+            open_uniform(work.step_key, 2 * half + 1, dtype, stream=prop_stream)))
         # normals: the coin's w and z, then the proposal's u; uniforms: r, the coin, J
         normals = jnp.concatenate([box_muller(coin[:2 * dim]), box_muller(prop[:2 * half])[:dim]])
         uniforms = 0.5 * (jnp.stack([coin[2 * dim], coin[2 * dim + 1], prop[2 * half]]) + 1.0)

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresample.autobatch import fold_in, uniform
 from scoresample.base import check_int, check_positive
+from scoresample.prng import fold_in, open_uniform
 
 __all__ = [
     "FORSRejection",
@@ -144,11 +144,10 @@ def unit_draws(parents, indices, nums, dtype):
 
     All of a unit's keys go through one ``fold_in``: each PRNG call site costs compilation and, in
     the autobatched loop, a kernel launch per iteration; the hashes are
-    :func:`scoresample.autobatch.threefry2x32` written out for threefry keys (the same bits).
+    :func:`scoresample.prng.threefry2x32` written out for threefry keys (the same bits).
     """
     keys = jax.vmap(fold_in)(parents, indices)
-    low = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
-    rows = tuple(uniform(keys[i], num, dtype, low, 1.0) for i, num in enumerate(nums) if num)
+    rows = tuple(open_uniform(keys[i], num, dtype) for i, num in enumerate(nums) if num)
     # a barrier keeps XLA from fusing the hashes into each consumer of a draw (recomputing them)
     return jax.lax.optimization_barrier((keys, rows))
 
