@@ -366,12 +366,12 @@ def sample(rng_key, model, *, method: str = "fors", num_chains: int = 4, num_war
         chunk_size = check_int("chunk_size", chunk_size)
     check_in("preconditioner", preconditioner, ("auto", "diagonal", "dense"))
     if warmup_scout is not None:
-        check_in("warmup_scout", warmup_scout, SCOUTS[1:])
-    if method == "nuts" and warmup_scout == "auto":
+        check_in("warmup_scout", warmup_scout, SCOUTS)
+    if method == "nuts":  # NUTS learns its own mass matrix: "auto" means no scout
+        if warmup_scout == "nuts":
+            raise ValueError("warmup_scout='nuts': method='nuts' learns its own mass matrix; a "
+                             "scout is for the staged warmup of the other methods")
         warmup_scout = None
-    if warmup_scout is not None and method == "nuts":
-        raise ValueError(f"warmup_scout={warmup_scout!r}: method='nuts' learns its own mass "
-                         "matrix; a scout is for the staged warmup of the other methods")
     spec = METHODS[method]
     if spec.build is None and method != "nuts":  # pragma: no cover - table invariant
         raise ValueError(f"method {method!r} has no builder")

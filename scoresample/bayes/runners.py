@@ -28,10 +28,10 @@ from scoresample.parallel import constrain_batch, gather
 __all__ = ["Tuned", "Runner", "staged_runner", "nuts_runner", "NUTSWarmup", "nuts_window_warmup",
            "scouted_start", "SCOUTS"]
 
-#: ``scoresample.sample(..., warmup_scout=...)``: what may learn the preconditioner before the
-#: staged windows tune the method's step on it ("auto": NUTS, when the method's own warmup moved
-#: its chains too little; see :func:`staged_runner`)
-SCOUTS = (None, "auto", "nuts")
+#: ``scoresample.sample(..., warmup_scout=...)`` besides None (no scout): what may learn the
+#: preconditioner before the staged windows tune the method's step on it ("auto": NUTS, when the
+#: method's own warmup moved its chains too little; see :func:`staged_runner`)
+SCOUTS = ("auto", "nuts")
 #: "auto" calls the scout when the windows covered fewer than this many of the method's draw
 #: times (steps x step size / draw_time: about the effective draws of a chain's warmup), too few
 #: to estimate a covariance. Measured at the defaults on the posteriordb set: FORS covers 5 on
@@ -273,13 +273,13 @@ def nuts_runner(method: Method, options: dict, logdensity_fn: Callable, num_chai
         if progress_bar:
             print(f"warmup (nuts): blackjax.window_adaptation, {num_warmup} steps x "
                   f"{num_chains} chains ...", flush=True)
-        scout = nuts_window_warmup(rng_key, logdensity_fn, x_init, num_warmup, target=target,
-                                   dense=dense, sharding=sharding)
-        states = jax.vmap(lambda x: blackjax.nuts.init(x, logdensity_fn))(scout.positions)
-        evals = scout.num_grad_evals + num_chains  # the initial gradient of every chain
+        adapted = nuts_window_warmup(rng_key, logdensity_fn, x_init, num_warmup, target=target,
+                                     dense=dense, sharding=sharding)
+        states = jax.vmap(lambda x: blackjax.nuts.init(x, logdensity_fn))(adapted.positions)
+        evals = adapted.num_grad_evals + num_chains  # the initial gradient of every chain
         details = {"window_seconds": time.perf_counter() - t0,
-                   "warmup_divergences": scout.num_divergent, "warmup_target": target}
-        return Tuned(states, (scout.step_size, scout.inverse_mass_matrix), evals, details)
+                   "warmup_divergences": adapted.num_divergent, "warmup_target": target}
+        return Tuned(states, (adapted.step_size, adapted.inverse_mass_matrix), evals, details)
 
     def step(key, state, params):
         step_size, imm = params

@@ -182,11 +182,10 @@ def proximal_functions(*, num_prox_steps: int, max_proposals: int, max_poisson: 
         # this unit's coin, the proposal drawn next (at x+ or after a rejection), the level's Y
         index = LEVEL_STRIDE * work.level + 2 * jnp.where(work.is_coin,
                                                          work.rejection.num_proposals, 0)
-        keys, rows = unit_draws(
+        keys, v = unit_draws(
             jnp.stack([work.coin_key, work.step_key, work.step_key, work.step_key]),
-            jnp.stack([work.rejection.coin, index, Y_FOLD + work.level, index + 1]),
-            (dim + 2,) * 3 + (0,), dtype)
-        v = jnp.stack(rows)
+            jnp.stack([work.rejection.coin, index, Y_FOLD + work.level, index + 1]), dim + 2,
+            dtype, num_drawn=3)
         normals = math.sqrt(2.0) * jax.scipy.special.erfinv(v[:, :dim])
         uniforms = 0.5 * (v[:, dim:] + 1.0)
         # barriers keep XLA from recomputing the draws in each of their consumers

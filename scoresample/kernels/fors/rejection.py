@@ -136,10 +136,10 @@ def poisson_table(clip, max_poisson: int, dtype):
     return jnp.cumsum(jnp.exp(ks * jnp.log(two_b) - two_b - jax.lax.lgamma(ks + 1.0)))
 
 
-def unit_draws(parents, indices, nums, dtype):
-    """The keys ``fold_in(parents[i], indices[i])`` and ``nums[i]`` draws from key i (none when
-    0): ``(keys, rows)``, rows a tuple of arrays of shape (nums[i],) for the nonzero nums, uniform
-    on (-1, 1) (``jax.random.uniform``'s draws). ``sqrt(2) erfinv(v)`` are standard normals
+def unit_draws(parents, indices, num: int, dtype, num_drawn: int):
+    """The keys ``fold_in(parents[i], indices[i])`` and ``num`` draws from each of the first
+    ``num_drawn`` of them: ``(keys, v)`` with v of shape (num_drawn, num), uniform on (-1, 1)
+    (``jax.random.uniform``'s draws). ``sqrt(2) erfinv(v)`` are standard normals
     (``jax.random.normal``'s own construction) and ``(v + 1) / 2`` uniforms on (0, 1).
 
     All of a unit's keys go through one ``fold_in``: each PRNG call site costs compilation and, in
@@ -147,9 +147,10 @@ def unit_draws(parents, indices, nums, dtype):
     :func:`scoresample.prng.threefry2x32` written out for threefry keys (the same bits).
     """
     keys = jax.vmap(fold_in)(parents, indices)
-    rows = tuple(open_uniform(keys[i], num, dtype) for i, num in enumerate(nums) if num)
+    rows = tuple(open_uniform(keys[i], num, dtype) for i in range(num_drawn))
     # a barrier keeps XLA from fusing the hashes into each consumer of a draw (recomputing them)
-    return jax.lax.optimization_barrier((keys, rows))
+    keys, rows = jax.lax.optimization_barrier((keys, rows))
+    return keys, jnp.stack(rows)
 
 
 def start_proposal(state: RejectionState | None, candidate, uniform_j, cdf,
