@@ -34,7 +34,8 @@ __all__ = ["Tuned", "Runner", "staged_runner", "nuts_runner", "NUTSWarmup", "nut
 SCOUTS = ("auto", "nuts")
 #: "auto" calls the scout when the windows covered fewer than this many of the method's draw
 #: times (steps x step size / draw_time: about the effective draws of a chain's warmup), too few
-#: to estimate a covariance. Measured at the defaults on the posteriordb set: FORS covers 5 on
+#: to estimate a covariance. Measured at the defaults on the posteriordb set (step x 1000 warmup
+#: steps, from `benchmarks/posteriordb_methods.py --budget defaults`): FORS covers 5 on
 #: gp_pois_regr (where its own windows leave a preconditioner 16 times too narrow in one
 #: direction, and it fails), 19 to 730 on the 10 others; RTK 114 to 1,007.
 SCOUT_MIN_DRAW_TIMES = 10.0
